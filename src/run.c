@@ -108,7 +108,9 @@ certctl_sched_run_batch(int loop, TimestampTz now, int batch_size)
 	int			ret;
 
 	Assert(def->body_sql != NULL);
-	threshold->time = (int64) Max(certctl_sched_interval_ms[loop], 0) * 1000;
+	/* agent health's threshold is its interval, as in certctl; certctl's default when the loop is disabled */
+	threshold->time = (int64) (certctl_sched_interval_ms[loop] > 0 ?
+							   certctl_sched_interval_ms[loop] : certctl_sched_loops[loop].default_interval_ms) * 1000;
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int32GetDatum(batch_size);
 	values[2] = IntervalPGetDatum(threshold);

@@ -333,10 +333,11 @@ warn_skipped(int holder)
  * loop's advisory lock (session level, so it spans the run's transactions),
  * marks stale "running" history rows of dead processes as failed, and
  * inserts this run's history row.  Returns the history id, or 0 when the
- * run must not happen (*skipped tells whether the lock was busy).
+ * run must not happen (*skipped tells whether the lock was busy).  The run
+ * starts (*started) once the lock is held, so runs never overlap in history.
  */
 static int64
-begin_run(TimestampTz sched, TimestampTz started, const char *trigger, bool *skipped)
+begin_run(TimestampTz sched, TimestampTz *started, const char *trigger, bool *skipped)
 {
 	LOCKTAG		tag;
 	int64		history_id = 0;
@@ -362,10 +363,11 @@ begin_run(TimestampTz sched, TimestampTz started, const char *trigger, bool *ski
 		return 0;
 	}
 
+	*started = GetCurrentTimestamp();
 	values[0] = CStringGetTextDatum(MyDef->name);
 	values[1] = CStringGetTextDatum(trigger);
 	values[2] = TimestampTzGetDatum(sched);
-	values[3] = TimestampTzGetDatum(started);
+	values[3] = TimestampTzGetDatum(*started);
 	SPI_connect();
 	SPI_execute_with_args("UPDATE certctl_sched.run_history h"
 						  " SET status = 'error', finished_at = pg_catalog.now(),"
@@ -386,6 +388,25 @@ begin_run(TimestampTz sched, TimestampTz started, const char *trigger, bool *ski
 	SPI_finish();
 	commit_xact();
 	return history_id;
+}
+
+/*
+ * Adds a batch's rows to the run's history row, in the batch's own
+ * transaction, so the row counts exactly what was committed even if the
+ * worker dies before the run ends.
+ */
+static void
+note_progress(int64 history_id, int64 rows)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(history_id);
+	values[1] = Int64GetDatum(rows);
+	SPI_connect();
+	SPI_execute_with_args("UPDATE certctl_sched.run_history SET rows = rows + $2 WHERE id = $1",
+						  2, argtypes, values, NULL, false, 0);
+	SPI_finish();
 }
 
 /* Phase 3 of a run: completes its history row and prunes history older than the retention. */
@@ -409,7 +430,7 @@ finish_run(int64 history_id, const RunOutcome *out)
 	bookkeeping_commit_is_local();
 	SPI_connect();
 	SPI_execute_with_args("UPDATE certctl_sched.run_history"
-						  " SET finished_at = pg_catalog.clock_timestamp(), status = $2, rows = $3, error = $4"
+						  " SET finished_at = pg_catalog.clock_timestamp(), status = $2, error = $4"
 						  " WHERE id = $1",
 						  4, argtypes, values, nulls, false, 0);
 	if (certctl_sched_history_retention_s >= 0)
@@ -429,14 +450,14 @@ finish_run(int64 history_id, const RunOutcome *out)
 static void
 run_tick(TimestampTz sched, const char *trigger)
 {
-	TimestampTz started = GetCurrentTimestamp();
-
 	/* static: they are written inside PG_TRY and read after a longjmp */
+	static TimestampTz started;
 	static RunOutcome out;
 	static int64 history_id;
 	static bool skipped;
 
 	memset(&out, 0, sizeof(out));
+	started = 0;
 	history_id = 0;
 	skipped = false;
 	MemoryContextReset(RunContext);
@@ -444,7 +465,7 @@ run_tick(TimestampTz sched, const char *trigger)
 
 	PG_TRY();
 	{
-		history_id = begin_run(sched, started, trigger, &skipped);
+		history_id = begin_run(sched, &started, trigger, &skipped);
 	}
 	PG_CATCH();
 	{
@@ -489,6 +510,8 @@ run_tick(TimestampTz sched, const char *trigger)
 			debug_query_string = MyDef->body_sql;
 			n = certctl_sched_run_batch(MyLoop, sched, batch_size);
 			debug_query_string = NULL;
+			if (n > 0)
+				note_progress(history_id, n);
 			commit_xact();
 
 			out.rows += n;
@@ -566,9 +589,10 @@ connect_backoff(int failures)
 {
 	long		delay_ms;
 
-	if (failures <= 0)
+	/* the first retry waits only for the postmaster's restart delay */
+	if (failures <= 1)
 		return;
-	delay_ms = 10 * 1000L << Min(failures - 1, 10);
+	delay_ms = 10 * 1000L << Min(failures - 2, 10);
 	delay_ms = Min(delay_ms, CONNECT_BACKOFF_MAX_MS);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 delay_ms, PG_WAIT_EXTENSION);

@@ -1,0 +1,95 @@
+# The advisory-lock guard: a lock held elsewhere skips ticks (counted, one warning), an ERROR in a body leaves
+# no lock behind, and the worker and run_loop() sessions never run a loop at the same time or repeat work.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use CertctlTest;
+
+my $node = CertctlTest::node('lock', conf => { job_processor_interval => '200ms', agent_health_interval => '200ms' });
+CertctlTest::control_trigger($node);
+
+# an outside session holds the job processor's key: ticks are skipped, counted and warned about once
+my $holder = $node->background_psql('certctl');
+$holder->query_safe("SELECT pg_advisory_lock(classid, objid) FROM certctl_sched.lock_key('job_processor')");
+my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+my $before = $node->safe_psql('certctl', "SELECT count(*) FROM certctl_sched.run_history WHERE loop = 'job_processor'");
+CertctlTest::poll_ok($node, "SELECT skipped_locked >= 5 FROM certctl_sched.loops WHERE loop = 'job_processor'",
+	'ticks are skipped while the lock is held');
+is($node->safe_psql('certctl', "SELECT count(*) FROM certctl_sched.run_history WHERE loop = 'job_processor'"),
+	$before, 'no run while the lock is held');
+is($node->safe_psql('certctl', "SELECT last_result FROM certctl_sched.loops WHERE loop = 'job_processor'"),
+	'skipped_locked', 'last result says why');
+is(CertctlTest::log_count($node, qr/WARNING:  job processor still running in process $holder_pid, skipping tick/), 1,
+	'one rate-limited warning naming the holder');
+$holder->query_safe("SELECT pg_advisory_unlock(classid, objid) FROM certctl_sched.lock_key('job_processor')");
+my $released = $node->safe_psql('certctl', 'SELECT now()');
+CertctlTest::poll_ok($node,
+	"SELECT count(*) >= 2 FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$released'",
+	'runs resume when the lock is released');
+is($node->safe_psql('certctl', qq{
+	SELECT count(*) FROM certctl_sched.run_history
+	WHERE loop = 'job_processor' AND started_at > '$released' AND started_at - scheduled_at >= interval '200 ms'}),
+	'0', 'skipped ticks are not replayed');
+
+# an ERROR in the body: recorded, logged once, no lock left behind, and the loop goes on
+CertctlTest::stale_agents($node, 3);
+$node->safe_psql('certctl', 'UPDATE test_ctl SET fail = true');
+CertctlTest::poll_ok($node,
+	"SELECT count(*) >= 3 FROM certctl_sched.run_history WHERE loop = 'agent_health' AND status = 'error'",
+	'failing runs are recorded as errors');
+$node->safe_psql('certctl', "SELECT certctl_sched.pause('agent_health')");
+CertctlTest::poll_ok($node, "SELECT state = 'paused' FROM certctl_sched.loops WHERE loop = 'agent_health'", 'paused');
+my $ah_pid = CertctlTest::worker_pid($node, 'agent_health');
+is($node->safe_psql('certctl', "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $ah_pid"),
+	'0', 'the worker holds no advisory lock after failed runs');
+is($node->safe_psql('certctl',
+	"SELECT last_result || ': ' || last_error FROM certctl_sched.loops WHERE loop = 'agent_health'"),
+	'error: test_ctl says fail', 'last error is shown');
+is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Online'"), '3', 'failed runs rolled back');
+is(CertctlTest::log_count($node, qr/ERROR:  test_ctl says fail/), 1, 'a repeated error is logged once');
+$node->safe_psql('certctl', "UPDATE test_ctl SET fail = false; SELECT certctl_sched.resume('agent_health')");
+CertctlTest::poll_ok($node, "SELECT count(*) = 0 FROM agents WHERE status = 'Online'", 'the next run succeeds');
+
+# the worker and three run_loop() sessions race on one loop: runs never overlap, and no job is dispatched twice
+$node->safe_psql('certctl', q{
+	INSERT INTO teams (id, name) VALUES ('t1', 'team');
+	INSERT INTO owners (id, name, email, team_id) VALUES ('o1', 'owner', 'o@example.com', 't1');
+	INSERT INTO issuers (id, name, type) VALUES ('iss-local', 'local', 'local');
+	INSERT INTO renewal_policies (id, name, renewal_window_days) VALUES ('rp', 'rp', 30);
+	INSERT INTO managed_certificates (id, name, common_name, owner_id, team_id, issuer_id, renewal_policy_id, status, expires_at)
+		VALUES ('c1', 'c1', 'c1.example.com', 'o1', 't1', 'iss-local', 'rp', 'Active', now() + interval '90 days');
+	INSERT INTO agents (id, name, hostname, status, last_heartbeat_at, api_key_hash)
+		VALUES ('fresh', 'fresh', 'h', 'Online', now() + interval '1 day', 'x');
+	INSERT INTO deployment_targets (id, name, type, agent_id) VALUES ('tgt', 'tgt', 'nginx', 'fresh');
+	INSERT INTO jobs (id, type, certificate_id, target_id, status, created_at)
+		SELECT 'job-' || i, 'Deployment', 'c1', 'tgt', 'Pending', now() - interval '1 hour' + i * interval '1 ms'
+		FROM generate_series(1, 400) i;
+	ALTER SYSTEM SET certctl_sched.batch_size = 7;
+	ALTER SYSTEM SET certctl_sched.job_processor_interval = '50ms';
+	SELECT pg_reload_conf();});
+$node->pgbench('--no-vacuum --client=3 --transactions=20', 0, [qr{processed: 60/60}], [qr//],
+	'three sessions race the worker with run_loop()',
+	{ '003_racers' => "SELECT * FROM certctl_sched.run_loop('job_processor');\n" }, 'certctl');
+CertctlTest::poll_ok($node, "SELECT count(*) = 0 FROM jobs WHERE agent_id IS NULL", 'every deployment job dispatched');
+is($node->safe_psql('certctl', q{
+	SELECT count(*) FROM certctl_sched.run_history a JOIN certctl_sched.run_history b
+	  ON a.loop = b.loop AND a.id < b.id AND a.status <> 'running' AND b.status <> 'running'
+	 AND tstzrange(a.started_at, a.finished_at) && tstzrange(b.started_at, b.finished_at)
+	WHERE a.loop = 'job_processor'}), '0', 'no two runs of the loop overlapped');
+ok($node->safe_psql('certctl',
+	"SELECT count(DISTINCT trigger) FROM certctl_sched.run_history WHERE loop = 'job_processor' AND rows > 0") >= 1,
+	'runs did the work');
+is($node->safe_psql('certctl', q{
+	SELECT count(*) FROM (SELECT details->>'job_id' FROM audit_events WHERE action = 'deployment_job_dispatched'
+	                      GROUP BY 1 HAVING count(*) > 1) d}), '0', 'no job dispatched twice');
+is($node->safe_psql('certctl', "SELECT count(*) FROM audit_events WHERE action = 'deployment_job_dispatched'"),
+	'400', 'one dispatch audit per job');
+is($node->safe_psql('certctl',
+	"SELECT sum(rows) FROM certctl_sched.run_history WHERE loop = 'job_processor'"), '400', 'rows add up');
+
+$node->stop;
+done_testing();

@@ -1,0 +1,112 @@
+# Shutdown and timeouts: SIGTERM idle, SIGTERM mid-batch (the batch commits, nothing more), a transaction longer
+# than shutdown_timeout (rolled back, bounded exit), the run timeout, and a fast shutdown while a commit waits
+# on a synchronous standby that never answers.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use CertctlTest;
+
+my $node = CertctlTest::node('shutdown',
+	conf => { agent_health_interval => '1h', batch_size => '1', shutdown_timeout => '30s' });
+CertctlTest::control_trigger($node);
+
+# Returns once the agent_health worker is mid-run, i.e. its run has committed at least $n batches.
+sub wait_mid_run
+{
+	my ($n) = @_;
+	CertctlTest::poll_ok($node,
+		"SELECT state = 'running' AND last_rows >= $n FROM certctl_sched.loops WHERE loop = 'agent_health'",
+		"run in progress after $n batch(es)");
+}
+
+# Terminates the agent_health worker and returns the seconds until its process is gone.
+sub terminate
+{
+	my $pid = CertctlTest::worker_pid($node, 'agent_health');
+	my $t0 = time;
+	$node->safe_psql('certctl', "SELECT pg_terminate_backend($pid)");
+	$node->poll_query_until('certctl', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid")
+	  or die "worker $pid did not exit";
+	return time - $t0;
+}
+
+# SIGTERM while idle: the worker leaves at once rather than after shutdown_timeout
+CertctlTest::poll_ok($node, "SELECT state = 'idle' FROM certctl_sched.loops WHERE loop = 'agent_health'", 'idle');
+ok(terminate() < 5, 'idle worker exits at once on SIGTERM');
+
+# SIGTERM mid-run: the batch in progress commits, no further batch starts, the run is recorded as interrupted
+CertctlTest::stale_agents($node, 20);
+$node->safe_psql('certctl', 'UPDATE test_ctl SET sleep = 0.3');
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'worker restarted (and runs at start)');
+wait_mid_run(2);
+terminate();
+my ($status, $rows) = split /\|/, $node->safe_psql('certctl',
+	"SELECT status, rows FROM certctl_sched.run_history WHERE loop = 'agent_health' ORDER BY id DESC LIMIT 1");
+is($status, 'interrupted', 'run recorded as interrupted');
+ok($rows >= 2 && $rows < 20, "the run stopped between batches ($rows rows)");
+is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), $rows,
+	'every committed batch is kept, including the one in progress at SIGTERM');
+is($node->safe_psql('certctl', "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), '0', 'no lock left');
+ok($node->log_contains(qr/certctl_sched "agent_health" run interrupted by shutdown after $rows rows/), 'logged');
+
+# a transaction longer than shutdown_timeout: cancelled and rolled back, the worker exits within the bound
+$node->safe_psql('certctl', q{
+	ALTER SYSTEM SET certctl_sched.shutdown_timeout = '1s';
+	SELECT pg_reload_conf();
+	UPDATE test_ctl SET sleep = 60;});
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'worker restarted');
+my $offline = $node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'");
+CertctlTest::poll_ok($node,
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event = 'PgSleep'",
+	'batch is sleeping');
+my $took = terminate();
+ok($took >= 0.9 && $took < 15, sprintf('worker exits after shutdown_timeout (%.1f s)', $took));
+is($node->safe_psql('certctl',
+	"SELECT status || ': ' || error FROM certctl_sched.run_history WHERE loop = 'agent_health' ORDER BY id DESC LIMIT 1"),
+	'cancelled: cancelled at shutdown: the transaction did not finish within certctl_sched.shutdown_timeout (1000 ms)',
+	'recorded as cancelled');
+is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), $offline,
+	'the cancelled batch was rolled back');
+
+# the run timeout cancels a run that takes too long; the worker carries on
+$node->safe_psql('certctl', q{
+	ALTER SYSTEM SET certctl_sched.agent_health_timeout = '500ms';
+	SELECT pg_reload_conf();});
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'worker restarted');
+CertctlTest::poll_ok($node, "SELECT timeouts = 1 FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'timeout counted');
+is($node->safe_psql('certctl',
+	"SELECT status || ': ' || error FROM certctl_sched.run_history WHERE loop = 'agent_health' ORDER BY id DESC LIMIT 1"),
+	'cancelled: run exceeded certctl_sched.agent_health_timeout (500 ms) and was cancelled', 'recorded as a timeout');
+is($node->safe_psql('certctl', "SELECT state FROM certctl_sched.loops WHERE loop = 'agent_health'"), 'idle',
+	'worker carries on');
+is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), $offline, 'rolled back');
+
+# fast shutdown while the batch's commit waits on a synchronous standby that never answers (the test's own
+# sessions commit locally; after the restart the worker runs at start and its first batch's commit waits; the
+# batch sleeps a second so that the checkpointer has published synchronous_standby_names by then)
+$ENV{PGOPTIONS} = '-c synchronous_commit=local';
+$node->safe_psql('certctl', q{
+	ALTER SYSTEM SET certctl_sched.agent_health_timeout = 0;
+	ALTER SYSTEM SET certctl_sched.shutdown_timeout = '2s';
+	ALTER SYSTEM SET synchronous_standby_names = 'nobody';
+	UPDATE test_ctl SET sleep = 1;});
+$node->restart;
+CertctlTest::poll_ok($node,
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event = 'SyncRep'",
+	'commit waits for the synchronous standby');
+my $t0 = time;
+$node->stop('fast');
+my $stop = time - $t0;
+ok($stop < 2 + 10, sprintf('fast shutdown completes within shutdown_timeout plus a margin (%.1f s)', $stop));
+ok($node->log_contains(qr/canceling wait for synchronous replication/), 'the commit stopped waiting');
+
+done_testing();

@@ -1,0 +1,96 @@
+# Shared set-up for certctl_sched's TAP tests: a node with the library preloaded and a certctl database.
+package CertctlTest;
+
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use File::Basename qw(dirname);
+
+our $srcdir = dirname(dirname(dirname(__FILE__)));    # repository root
+
+# Returns a started node with database "certctl" holding certctl's schema and the extension created
+# (unless create_extension => 0), certctl_sched preloaded for that database, every loop disabled but
+# those given in %conf, which maps setting names (without the prefix) to values.
+sub node
+{
+	my ($name, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opt{init} // {} });
+	$node->append_conf('postgresql.conf', "max_worker_processes = 16\nlog_min_messages = warning\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE DATABASE certctl');
+	$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"));
+	my $conf = "shared_preload_libraries = 'certctl_sched'\ncertctl_sched.database = 'certctl'\n";
+	for my $loop (qw(renewal job_processor agent_health short_lived_expiry))
+	{
+		$conf .= "certctl_sched.${loop}_interval = -1\n" unless exists $opt{conf}{"${loop}_interval"};
+	}
+	$conf .= "certctl_sched.$_ = '$opt{conf}{$_}'\n" for sort keys %{ $opt{conf} // {} };
+	$conf .= $opt{extra} // '';
+	$node->append_conf('postgresql.conf', $conf);
+	$node->restart;
+	$node->safe_psql('certctl', 'CREATE EXTENSION certctl_sched') if $opt{create_extension} // 1;
+	return $node;
+}
+
+# Adds n online agents with a stale heartbeat (and a deployment target each) to the certctl database.
+sub stale_agents
+{
+	my ($node, $n, $prefix) = @_;
+	$prefix //= 'agent';
+	$node->safe_psql('certctl', qq{
+		INSERT INTO agents (id, name, hostname, status, last_heartbeat_at, api_key_hash)
+		SELECT '$prefix-' || i, '$prefix-' || i, 'host-' || i, 'Online', now() - interval '1 day', 'x'
+		FROM generate_series(1, $n) i});
+}
+
+# Installs a statement-level trigger on agents whose behaviour the test controls through table test_ctl:
+# every UPDATE of agents sleeps test_ctl.sleep seconds, then raises an error if test_ctl.fail.
+sub control_trigger
+{
+	my ($node) = @_;
+	$node->safe_psql('certctl', q{
+		CREATE TABLE test_ctl (sleep float8 NOT NULL DEFAULT 0, fail boolean NOT NULL DEFAULT false);
+		INSERT INTO test_ctl DEFAULT VALUES;
+		CREATE FUNCTION test_ctl_trigger() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$
+		DECLARE c test_ctl;
+		BEGIN
+			SELECT * INTO c FROM test_ctl;
+			PERFORM pg_sleep(c.sleep);
+			IF c.fail THEN RAISE EXCEPTION 'test_ctl says fail'; END IF;
+			RETURN NULL;
+		END $$;
+		CREATE TRIGGER test_ctl AFTER UPDATE ON agents FOR EACH STATEMENT EXECUTE FUNCTION test_ctl_trigger();});
+}
+
+# Returns the pid of a loop's worker (polling until it is up).
+sub worker_pid
+{
+	my ($node, $loop) = @_;
+	$node->poll_query_until('certctl',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched $loop'")
+	  or die "worker $loop not running";
+	return $node->safe_psql('certctl',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'certctl_sched $loop'");
+}
+
+# Polls until a query returns the expected value; fails the test with a name if it never does.
+sub poll_ok
+{
+	my ($node, $sql, $name, $expected) = @_;
+	ok($node->poll_query_until('certctl', $sql, $expected // 't'), $name);
+}
+
+# Returns the number of times a regex matches the node's log.
+sub log_count
+{
+	my ($node, $re) = @_;
+	my $log = slurp_file($node->logfile);
+	my @m = ($log =~ /$re/g);
+	return scalar @m;
+}
+
+1;

@@ -718,7 +718,6 @@ GRANT EXECUTE ON FUNCTION certctl_sched.loop_status() TO pg_monitor;
 GRANT SELECT ON certctl_sched.loops TO pg_monitor;
 GRANT SELECT ON certctl_sched.run_history TO pg_monitor;
 GRANT EXECUTE ON FUNCTION certctl_sched.metrics() TO pg_monitor;
-GRANT USAGE ON SCHEMA certctl_sched TO pg_monitor;
 
 -- running, waking, pausing and resuming loops change what the scheduler does: superusers (and roles they grant) only
 REVOKE ALL ON FUNCTION certctl_sched.run_now(text) FROM PUBLIC;
@@ -728,7 +727,9 @@ REVOKE ALL ON FUNCTION certctl_sched.pause(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.resume(text) FROM PUBLIC;
 REVOKE ALL ON certctl_sched.loop_control FROM PUBLIC;
 
--- the loop keys are public knowledge: any process may take the same lock to cooperate
+-- the loop keys are public knowledge: any process may take the same lock to cooperate (every other object of the
+-- schema keeps its own, narrower privileges)
+GRANT USAGE ON SCHEMA certctl_sched TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched.lock_key(text) TO PUBLIC;
 
 -- wake this database's workers once CREATE EXTENSION commits, so loops start without waiting for a tick

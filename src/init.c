@@ -169,7 +169,7 @@ define_reloadable_settings(void)
 		snprintf(interval_names[i], sizeof(interval_names[i]), "certctl_sched.%s_interval", def->name);
 		snprintf(interval_descs[i], sizeof(interval_descs[i]), "Sets the interval between %s runs.", def->title);
 		snprintf(timeout_names[i], sizeof(timeout_names[i]), "certctl_sched.%s_timeout", def->name);
-		snprintf(timeout_descs[i], sizeof(timeout_descs[i]), "Sets the longest a %s run may take.", def->title);
+		snprintf(timeout_descs[i], sizeof(timeout_descs[i]), "Sets the time limit of one %s run.", def->title);
 
 		DefineCustomIntVariable(interval_names[i], interval_descs[i],
 								"-1 disables the loop.",
@@ -196,7 +196,7 @@ define_reloadable_settings(void)
 							NULL,
 							&certctl_sched_batch_size, 1000,
 							1, 1000000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("certctl_sched.certctl_schema",
 							   "Sets the schema that holds certctl's tables.",
 							   NULL,

@@ -11,7 +11,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use CertctlTest;
 
-my $node = CertctlTest::node('shutdown',
+my $node = CertctlTest::node('shutdown', init => { allows_streaming => 1 },
 	conf => { agent_health_interval => '1h', batch_size => '1', shutdown_timeout => '30s' });
 CertctlTest::control_trigger($node);
 

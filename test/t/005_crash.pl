@@ -9,7 +9,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use CertctlTest;
 
-my $node = CertctlTest::node('crash', conf => { agent_health_interval => '1h', batch_size => '2' });
+my $node = CertctlTest::node('crash', conf => { agent_health_interval => '1h', batch_size => '2' },
+	extra => "restart_after_crash = on\n");
 CertctlTest::control_trigger($node);
 CertctlTest::stale_agents($node, 10);
 $node->safe_psql('certctl', "UPDATE test_ctl SET sleep = 0.5; SELECT certctl_sched.run_now('agent_health')");

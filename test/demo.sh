@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test/demo.sh: the demo: a throwaway server in .demo/ with certctl data, each loop body run once, what changed
+# test/demo.sh: the demo: a throwaway server in .demo/ with certctl data and the scheduler workers, what they changed
 #
 # Usage: test/demo.sh [--keep]    --keep leaves the server running (on success) and prints how to connect.
 # The server listens only on a Unix socket in .demo/ (port 54329); it is stopped on any exit or interrupt.
@@ -39,8 +39,8 @@ finish() {
 
 		demo server left running; connect with:
 		  psql -h $DEMO_DIR -p $PORT -U postgres certctl
-		its scheduler workers are idle (certctl_sched.enabled = off); to let them run:
-		  ALTER SYSTEM SET certctl_sched.enabled = on; SELECT pg_reload_conf();
+		its scheduler workers keep running; look at them with:
+		  SELECT * FROM certctl_sched.loops;
 		stop it with:
 		  ${as}$(command -v pg_ctl) -D $PGDATA_DIR stop
 		EOF
@@ -75,71 +75,57 @@ start_server() {
 	cat >>"$PGDATA_DIR/postgresql.conf" <<-EOF
 		shared_preload_libraries = 'certctl_sched'
 		certctl_sched.database = 'certctl'
-		# the demo calls the loop bodies itself: the workers stay idle
-		certctl_sched.enabled = off
+		# demo intervals: every loop acts within seconds (renewal runs at start, then hourly)
+		certctl_sched.job_processor_interval = '2s'
+		certctl_sched.agent_health_interval = '5s'
+		certctl_sched.short_lived_expiry_interval = '3s'
+		certctl_sched.batch_size = 100
 	EOF
 	run_as "$USER_NAME" pg_ctl -D "$PGDATA_DIR" -l "$DEMO_DIR/server.log" -w -t 60 restart >/dev/null
 	say "server running on $DEMO_DIR port $PORT"
 }
 
-# Fill database certctl with certctl's schema, 300 certificates of fixture data and the extension.
+# Fill database certctl with certctl's schema and 300 certificates of fixture data (the workers wait for the extension).
 load_certctl() {
 	demo_psql certctl -f "$REPO_ROOT/test/certctl_schema.sql"
 	demo_psql certctl -v certs=300 -v quiet=1 -f "$REPO_ROOT/test/certctl_data.sql"
-	demo_psql certctl -c 'CREATE EXTENSION certctl_sched'
 }
 
-# Run each loop body in batches of $BATCH (one transaction each) until a batch comes back short, and after each one
-# show what it changed; then the totals.  The views compare with snapshots taken before each body and at the start.
+# Snapshot certctl's tables, CREATE EXTENSION (which starts the workers' loops), wait until every enabled loop has run
+# (the job processor twice, so that it also dispatches the renewal check's new jobs), then show what changed.
 run_loops() {
-	demo_psql certctl -v batch="$BATCH" <<-'EOF'
+	demo_psql certctl <<-'EOF'
 		SET client_min_messages = warning;
 		\pset footer off
-		CREATE TEMP TABLE start_certs AS SELECT id, status FROM managed_certificates;
-		CREATE TEMP TABLE start_jobs AS SELECT id, type, status FROM jobs;
-		CREATE TEMP TABLE start_audit AS SELECT id FROM audit_events;
 		CREATE TEMP TABLE snap_certs AS SELECT id, status FROM managed_certificates;
 		CREATE TEMP TABLE snap_jobs AS SELECT id, type, status FROM jobs;
 		CREATE TEMP TABLE snap_agents AS SELECT id, status FROM agents;
 		CREATE TEMP TABLE snap_notifs AS SELECT id FROM notification_events;
-		CREATE TEMP TABLE last_run (loop_body text, batches int, rows_handled int);
+		CREATE TEMP TABLE snap_audit AS SELECT id FROM audit_events;
 
-		-- Takes the snapshots the views compare with.
-		CREATE FUNCTION pg_temp.snapshot() RETURNS void LANGUAGE sql AS $$
-			TRUNCATE snap_certs, snap_jobs, snap_agents, snap_notifs, last_run;
-			INSERT INTO snap_certs SELECT id, status FROM managed_certificates;
-			INSERT INTO snap_jobs SELECT id, type, status FROM jobs;
-			INSERT INTO snap_agents SELECT id, status FROM agents;
-			INSERT INTO snap_notifs SELECT id FROM notification_events;
-		$$;
+		\echo
+		\echo '=== The scheduler workers, one per loop, waiting for CREATE EXTENSION'
+		SELECT backend_type, application_name, wait_event_type, wait_event FROM pg_stat_activity
+		WHERE backend_type LIKE 'certctl_sched%' ORDER BY backend_type;
 
-		-- Calls certctl_sched.<body>(now(), batch) until it handles less than a batch, committing each batch.
-		CREATE PROCEDURE pg_temp.run_body(body text, batch int) LANGUAGE plpgsql AS $$
-		DECLARE
-			n int;
-			batches int := 0;
-			total int := 0;
+		\echo '=== CREATE EXTENSION certctl_sched: the loops start'
+		CREATE EXTENSION certctl_sched;
+		DO $$
 		BEGIN
-			LOOP
-				EXECUTE format('SELECT certctl_sched.%I(now(), $1)', body) INTO n USING batch;
-				COMMIT;
-				batches := batches + 1;
-				total := total + n;
-				EXIT WHEN n < batch;
-				IF batches >= 1000 THEN
-					RAISE EXCEPTION '% handled a full batch 1000 times in a row', body;
-				END IF;
+			FOR i IN 1 .. 300 LOOP
+				EXIT WHEN (SELECT bool_and(runs >= CASE loop WHEN 'job_processor' THEN 2 ELSE 1 END)
+						   FROM certctl_sched.loops WHERE interval IS NOT NULL);
+				PERFORM pg_sleep(0.1);
 			END LOOP;
-			INSERT INTO last_run VALUES (body, batches, total);
-		END
-		$$;
+		END $$;
+		SELECT loop, pid, state, interval, last_result, last_rows, runs, next_run - now() AS next_run_in
+		FROM certctl_sched.loops ORDER BY loop;
 
-		CREATE TEMP VIEW cert_changes AS
+		\echo '=== Certificates whose status changed (renewal check and short-lived expiry)'
 		SELECT s.status AS was, c.status AS now, count(*) AS certificates
 		FROM managed_certificates c JOIN snap_certs s USING (id)
 		WHERE c.status IS DISTINCT FROM s.status
 		GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2;
-		CREATE TEMP VIEW cert_change_sample AS	-- two of each kind of change
 		SELECT id, common_name, was, now, expires_in, profile
 		FROM (SELECT c.id, c.common_name, s.status AS was, c.status AS now, c.expires_at,
 					 date_trunc('minute', c.expires_at - now()) AS expires_in, c.certificate_profile_id AS profile,
@@ -148,78 +134,42 @@ run_loops() {
 			  WHERE c.status IS DISTINCT FROM s.status) x
 		WHERE n <= 2
 		ORDER BY now, was, expires_at LIMIT 10;
-		CREATE TEMP VIEW new_alerts AS
+
+		\echo '=== Alerts raised (renewal check thresholds, deployment failures)'
 		SELECT type, channel, status, count(*) AS alerts
 		FROM notification_events WHERE id NOT IN (SELECT id FROM snap_notifs)
 		GROUP BY 1, 2, 3 ORDER BY 4 DESC;
-		CREATE TEMP VIEW new_alert_sample AS
 		SELECT certificate_id, recipient, replace(message, E'\n\n', ' / ') AS message
 		FROM notification_events WHERE id NOT IN (SELECT id FROM snap_notifs) AND type = 'ExpirationWarning'
 		ORDER BY length(certificate_id), certificate_id, message LIMIT 6;
-		CREATE TEMP VIEW job_changes AS
+
+		\echo '=== Jobs created or changed (renewal check creates, job processor dispatches)'
 		SELECT j.type, coalesce(s.status, '(new)') AS was, j.status AS now, count(*) AS jobs,
+			   count(*) FILTER (WHERE j.agent_id IS NOT NULL AND s.id IS NOT NULL) AS with_agent,
 			   min(j.last_error) AS an_error
 		FROM jobs j LEFT JOIN snap_jobs s USING (id)
-		WHERE s.id IS NULL OR j.status IS DISTINCT FROM s.status
+		WHERE s.id IS NULL OR j.status IS DISTINCT FROM s.status OR j.agent_id IS NOT NULL
 		GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
-		CREATE TEMP VIEW agent_changes AS
+
+		\echo '=== Agents marked offline (agent health: Online with a heartbeat older than the 5 s interval)'
 		SELECT a.id, a.hostname, s.status AS was, a.status AS now,
 			   date_trunc('second', now() - a.last_heartbeat_at) AS heartbeat_age
 		FROM agents a JOIN snap_agents s USING (id)
 		WHERE a.status IS DISTINCT FROM s.status
-		ORDER BY heartbeat_age;
+		ORDER BY heartbeat_age LIMIT 10;
 
-		\echo
-		\echo '=== 1. expire_short_lived_certificates: short-lived certificates past their expiry become Expired'
-		SELECT pg_temp.snapshot() \g /dev/null
-		CALL pg_temp.run_body('expire_short_lived_certificates', :batch);
-		TABLE last_run;
-		TABLE cert_changes;
-		TABLE cert_change_sample;
-
-		\echo '=== 2. check_expiring_certificates: status transitions, threshold alerts, renewal jobs'
-		SELECT pg_temp.snapshot() \g /dev/null
-		CALL pg_temp.run_body('check_expiring_certificates', :batch);
-		TABLE last_run;
-		TABLE cert_changes;
-		TABLE cert_change_sample;
-		TABLE new_alerts;
-		TABLE new_alert_sample;
-		TABLE job_changes;
-
-		\echo '=== 3. process_pending_jobs: renewal/issuance jobs to AwaitingCSR, deployment jobs dispatched or failed'
-		SELECT pg_temp.snapshot() \g /dev/null
-		CALL pg_temp.run_body('process_pending_jobs', :batch);
-		TABLE last_run;
-		TABLE job_changes;
-		TABLE new_alerts;
-
-		\echo '=== 4. mark_stale_agents_offline: Online agents with a heartbeat older than 2 minutes become Offline'
-		SELECT pg_temp.snapshot() \g /dev/null
-		CALL pg_temp.run_body('mark_stale_agents_offline', :batch);
-		TABLE last_run;
-		TABLE agent_changes;
-
-		\echo '=== Totals: certificates by status'
-		SELECT status, coalesce(b.n, 0) AS before, coalesce(a.n, 0) AS after, coalesce(a.n, 0) - coalesce(b.n, 0) AS change
-		FROM (SELECT status, count(*) AS n FROM start_certs GROUP BY status) b
-		FULL JOIN (SELECT status, count(*) AS n FROM managed_certificates GROUP BY status) a USING (status)
-		ORDER BY status;
-		\echo '=== Totals: jobs by type and status (changed ones)'
-		SELECT type, status, coalesce(b.n, 0) AS before, coalesce(a.n, 0) AS after,
-			   coalesce(a.n, 0) - coalesce(b.n, 0) AS change
-		FROM (SELECT type, status, count(*) AS n FROM start_jobs GROUP BY 1, 2) b
-		FULL JOIN (SELECT type, status, count(*) AS n FROM jobs GROUP BY 1, 2) a USING (type, status)
-		WHERE coalesce(a.n, 0) <> coalesce(b.n, 0)
-		ORDER BY type, status;
-		\echo '=== Totals: audit events written'
+		\echo '=== Audit events written'
 		SELECT action, count(*) AS events
-		FROM audit_events WHERE id NOT IN (SELECT id FROM start_audit)
+		FROM audit_events WHERE id NOT IN (SELECT id FROM snap_audit)
 		GROUP BY 1 ORDER BY 2 DESC, 1;
 
-		\echo '=== The scheduler workers (idle in the demo: certctl_sched.enabled = off)'
-		SELECT backend_type, state, wait_event FROM pg_stat_activity
-		WHERE backend_type LIKE 'certctl_sched%' ORDER BY backend_type;
+		\echo '=== Run history'
+		SELECT id, loop, trigger, to_char(scheduled_at, 'HH24:MI:SS.MS') AS tick,
+			   round(extract(epoch FROM finished_at - started_at) * 1000, 1) AS ms, status, rows
+		FROM certctl_sched.run_history ORDER BY id;
+
+		\echo '=== An operator run under the same lock: SELECT * FROM certctl_sched.run_loop('agent_health')'
+		SELECT * FROM certctl_sched.run_loop('agent_health');
 	EOF
 }
 

@@ -15,11 +15,13 @@ my $node = CertctlTest::node('schedule', conf => { job_processor_interval => '30
 CertctlTest::poll_ok($node,
 	"SELECT count(*) >= 5 FROM certctl_sched.run_history WHERE loop = 'job_processor' AND trigger = 'schedule'",
 	'job processor ticks');
+# (a busy machine may coalesce a tick, so the gaps are whole multiples of the interval, mostly one)
 is($node->safe_psql('certctl', q{
-	SELECT count(*) FILTER (WHERE gap <> interval '300 ms') FROM (
-		SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
-		FROM certctl_sched.run_history WHERE loop = 'job_processor' AND trigger = 'schedule') g
-	WHERE gap IS NOT NULL}), '0', 'scheduled times are exactly one interval apart');
+	SELECT count(*) FILTER (WHERE (extract(epoch FROM gap) * 1000) % 300 <> 0 OR gap <= interval '0')
+		|| '/' || (count(*) FILTER (WHERE gap = interval '300 ms') * 2 > count(*))
+	FROM (SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
+		  FROM certctl_sched.run_history WHERE loop = 'job_processor' AND trigger = 'schedule') g
+	WHERE gap IS NOT NULL}), '0/true', 'scheduled times lie on a grid of the interval');
 is($node->safe_psql('certctl',
 	"SELECT count(*) FROM certctl_sched.run_history WHERE loop = 'renewal'"), '1', 'renewal ran once, at start');
 
@@ -31,10 +33,11 @@ CertctlTest::poll_ok($node,
 	"SELECT count(*) >= 3 FROM certctl_sched.run_history WHERE loop = 'job_processor' AND id > $last",
 	'ticks go on after reload');
 is($node->safe_psql('certctl', qq{
-	SELECT array_agg(DISTINCT gap) FROM (
-		SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
-		FROM certctl_sched.run_history WHERE loop = 'job_processor' AND id > $last) g WHERE gap IS NOT NULL}),
-	'{00:00:01}', 'the new interval is used');
+	SELECT count(*) FILTER (WHERE (extract(epoch FROM gap) * 1000) % 1000 <> 0 OR gap <= interval '0')
+		|| '/' || bool_or(gap = interval '1 s')
+	FROM (SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
+		  FROM certctl_sched.run_history WHERE loop = 'job_processor' AND id > $last) g WHERE gap IS NOT NULL}),
+	'0/true', 'the new interval is used');
 is($node->safe_psql('certctl', "SELECT interval FROM certctl_sched.loops WHERE loop = 'job_processor'"),
 	'00:00:01', 'loops shows the new interval');
 
@@ -65,9 +68,9 @@ is($node->safe_psql('certctl', qq{
 	FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$t0'}),
 	'0', 'missed ticks are coalesced into one run at the latest tick, not replayed');
 is($node->safe_psql('certctl', qq{
-	SELECT count(*) FILTER (WHERE gap <> interval '1 s') FROM (
-		SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
-		FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$t0') g
+	SELECT count(*) FILTER (WHERE (extract(epoch FROM gap) * 1000) % 1000 <> 0 OR gap <= interval '0')
+	FROM (SELECT scheduled_at - lag(scheduled_at) OVER (ORDER BY id) AS gap
+		  FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$t0') g
 	WHERE gap IS NOT NULL}), '0', 'and the grid goes on');
 
 # invalid settings are refused with a clear message, and nothing changes

@@ -229,9 +229,27 @@ bookkeeping_commit_is_local(void)
 }
 
 /*
+ * Returns whether a failure described by text should be logged: not when the
+ * same failure was logged less than SAME_ERROR_EVERY_MS ago, so a loop that
+ * fails on every tick does not flood the log.
+ */
+static bool
+failure_is_news(const char *text)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (strcmp(last_error_text, text) == 0 &&
+		!TimestampDifferenceExceeds(last_error_logged, now, SAME_ERROR_EVERY_MS))
+		return false;
+	strlcpy(last_error_text, text, sizeof(last_error_text));
+	last_error_logged = now;
+	return true;
+}
+
+/*
  * Cleans up after an ERROR caught in the worker, as PostgresMain does:
- * returns a copy of the error (in RunContext) after logging it, unless the
- * same message was logged less than SAME_ERROR_EVERY_MS ago.
+ * returns a copy of the error (in RunContext), logging it first if asked and
+ * if it is news.
  */
 static ErrorData *
 recover_from_error(bool log_it)
@@ -241,18 +259,8 @@ recover_from_error(bool log_it)
 	HOLD_INTERRUPTS();
 	MemoryContextSwitchTo(RunContext);
 	edata = CopyErrorData();
-	if (log_it)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		if (strcmp(last_error_text, edata->message) != 0 ||
-			TimestampDifferenceExceeds(last_error_logged, now, SAME_ERROR_EVERY_MS))
-		{
-			EmitErrorReport();
-			strlcpy(last_error_text, edata->message, sizeof(last_error_text));
-			last_error_logged = now;
-		}
-	}
+	if (log_it && failure_is_news(edata->message))
+		EmitErrorReport();
 	FlushErrorState();
 	AbortCurrentTransaction();
 	QueryCancelPending = false;
@@ -537,10 +545,11 @@ run_tick(TimestampTz sched, const char *trigger)
 			snprintf(out.error, sizeof(out.error),
 					 "run exceeded certctl_sched.%s_timeout (%d ms) and was cancelled",
 					 MyDef->name, certctl_sched_timeout_ms[MyLoop]);
-			ereport(WARNING,
-					(errmsg("%s run cancelled after %d ms", MyDef->title, certctl_sched_timeout_ms[MyLoop]),
-					 errdetail("The run exceeded certctl_sched.%s_timeout; its current transaction was rolled back after " INT64_FORMAT " rows.",
-							   MyDef->name, out.rows)));
+			if (failure_is_news(out.error))
+				ereport(WARNING,
+						(errmsg("%s run cancelled after %d ms", MyDef->title, certctl_sched_timeout_ms[MyLoop]),
+						 errdetail("The run exceeded certctl_sched.%s_timeout; its current transaction was rolled back after " INT64_FORMAT " rows.",
+								   MyDef->name, out.rows)));
 		}
 		else if (cancelled_at_shutdown)
 		{

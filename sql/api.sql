@@ -29,6 +29,8 @@ SET certctl_sched.batch_size = 2;
 SELECT * FROM certctl_sched.run_loop('agent_health', '2026-11-28 12:00:00+00');
 SELECT status, count(*) FROM api.agents GROUP BY status;
 SELECT * FROM certctl_sched.run_loop('agent_health', '2026-11-28 12:00:00+00');
+-- the run's batch cursor is cleared when the run ends (a direct call of a body starts from the beginning)
+SELECT current_setting('certctl_sched_run.agent_health') = '' AS cursor_cleared;
 SELECT loop, trigger, scheduled_at, status, rows, error, pid = pg_backend_pid() AS by_me,
 	finished_at >= started_at AS finished
 FROM certctl_sched.run_history ORDER BY id;

@@ -238,6 +238,31 @@ SELECT CASE
 END
 $$;
 
+-- Where a run's next batch starts.  certctl_sched's runners (the workers and run_loop) set the placeholder setting
+-- certctl_sched_run.<loop> to '#' when a run starts and clear it when it ends; a body finding '#<key>' there claims
+-- only rows whose primary key sorts after <key>, and records the last key it claimed.  So a run reads each row once
+-- (linear in the table, however many batches), and a row skipped in a run -- locked by a concurrent runner, or
+-- needing no change -- is not looked at again in that run.  A direct call (no '#') starts from the beginning.
+CREATE FUNCTION certctl_sched._run_cursor(loop text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN v LIKE '#%' THEN substr(v, 2) END
+FROM (SELECT current_setting('certctl_sched_run.' || loop, true) AS v) s
+$$;
+
+-- Records the last key a batch of the current run claimed (see _run_cursor); a no-op outside a run.  The setting is
+-- transactional: a batch that rolls back does not move the cursor.
+CREATE FUNCTION certctl_sched._run_cursor_advance(loop text, last_key text)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT set_config('certctl_sched_run.' || loop, '#' || last_key, false)
+WHERE last_key IS NOT NULL AND certctl_sched._run_cursor(loop) IS NOT NULL
+$$;
+
 -- Renewal check (certctl's RenewalService.CheckExpiringCertificates), for one batch of certificates.
 --
 -- Candidates are certificates expiring within certctl's 31-day window, neither RenewalInProgress nor Archived, that
@@ -255,7 +280,8 @@ $$;
 --   Expired: the job's own state is the more specific one, and certctl ends in that state too), audit
 --   renewal_job_created.
 -- A certificate whose only "need" cannot be met (issuer disabled, manual policy) is no candidate, so it is never
--- re-picked.  Returns the number of certificates claimed (at most batch_size), in expires_at order.
+-- re-picked.  Returns the number of certificates claimed (at most batch_size), in primary-key order (see
+-- _run_cursor).
 --
 -- Concurrency: statement 1 claims the batch with FOR NO KEY UPDATE SKIP LOCKED; the certificate's row lock is the
 -- per-certificate mutex that certctl lacks (it does not block the foreign-key checks of inserted jobs and
@@ -325,8 +351,8 @@ BEGIN
 	-- 1. claim a batch of certificates that need something
 	EXECUTE format($q$
 		WITH %2$s
-		SELECT array_agg(b.id ORDER BY b.expires_at, b.id),
-			array_agg(b.ls ORDER BY b.expires_at, b.id),
+		SELECT array_agg(b.id ORDER BY b.id),
+			array_agg(b.ls ORDER BY b.id),
 			array_agg(DISTINCT b.policy_id) FILTER (WHERE b.malformed)
 		FROM (
 			SELECT c.id, c.expires_at, e.ls, p.id AS policy_id,
@@ -335,16 +361,18 @@ BEGIN
 			WHERE c.expires_at < $1 + interval '31 days'
 				AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
 				AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
-			ORDER BY c.expires_at, c.id
+				AND c.id > $3
+			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
 		) b$q$, certs, policies)
 	INTO claimed_ids, claimed_status, malformed
-	USING now, batch_size;
+	USING now, batch_size, coalesce(certctl_sched._run_cursor('renewal'), '');
 
 	IF claimed_ids IS NULL THEN
 		RETURN 0;
 	END IF;
+	PERFORM certctl_sched._run_cursor_advance('renewal', claimed_ids[cardinality(claimed_ids)]);
 
 	IF malformed IS NOT NULL THEN
 		RAISE WARNING 'ignoring malformed alert_thresholds_days of renewal policies %',
@@ -419,8 +447,8 @@ $body$;
 
 -- Job processor (certctl's JobService.ProcessPendingJobs), agent key-generation mode, for one batch of jobs.
 --
--- Claims due Pending jobs (scheduled_at null or not after now) of type Renewal, Issuance or Deployment, oldest
--- first.  Renewal and Issuance: a missing certificate or issuer, or a disabled issuer, fails the job with certctl's
+-- Claims due Pending jobs (scheduled_at null or not after now) of type Renewal, Issuance or Deployment, in
+-- primary-key order (see _run_cursor).  Renewal and Issuance: a missing certificate or issuer, or a disabled issuer, fails the job with certctl's
 -- error text; otherwise the job becomes AwaitingCSR (attempts counted, started_at set) for the agent to submit a CSR,
 -- the certificate becomes RenewalInProgress (unless it is Revoked or Archived: unlike certctl, never resurrect those)
 -- and renewal_awaiting_csr is audited.  Deployment: a missing certificate, target or agent fails the job; an agent
@@ -449,9 +477,9 @@ DECLARE
 BEGIN
 	-- 1. claim a batch of due jobs this loop handles
 	EXECUTE format($q$
-		SELECT array_agg(b.id ORDER BY b.created_at, b.id)
+		SELECT array_agg(b.id ORDER BY b.id)
 		FROM (
-			SELECT j.id, j.created_at
+			SELECT j.id
 			FROM %1$I.jobs j
 			WHERE lower(j.status) = 'pending'
 				AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
@@ -461,12 +489,14 @@ BEGIN
 							OR EXISTS (SELECT FROM %1$I.agents a
 									   WHERE a.id = j.agent_id
 										   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
-			ORDER BY j.created_at, j.id
+				AND j.id > $3
+			ORDER BY j.id
 			LIMIT $2
 			FOR UPDATE OF j SKIP LOCKED
 		) b$q$, s)
 	INTO claimed_ids
-	USING now, batch_size;
+	USING now, batch_size, coalesce(certctl_sched._run_cursor('job_processor'), '');
+	PERFORM certctl_sched._run_cursor_advance('job_processor', claimed_ids[cardinality(claimed_ids)]);
 
 	IF claimed_ids IS NOT NULL THEN
 		-- 2. decide each job's outcome and apply it: job, certificate, notification and audit in one statement
@@ -556,7 +586,11 @@ BEGIN
 		USING now, batch_size, claimed_ids;
 	END IF;
 
-	-- 3. due jobs no loop handles stay Pending (as in certctl), reported rather than re-errored on every tick
+	-- 3. due jobs no loop handles stay Pending (as in certctl), reported rather than re-errored on every tick; counted
+	-- once per run, by its last (short) batch
+	IF coalesce(cardinality(claimed_ids), 0) >= batch_size THEN
+		RETURN cardinality(claimed_ids);
+	END IF;
 	EXECUTE format($q$
 		SELECT sum(n), string_agg(format('%%s (%%s)', type, n), ', ' ORDER BY type)
 		FROM (
@@ -599,6 +633,7 @@ DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size, 'agents');
 	not_retired text := '';
 	marked integer;
+	last_id text;
 BEGIN
 	IF threshold IS NULL OR threshold <= interval '0' THEN
 		RAISE EXCEPTION 'threshold must be a positive interval'
@@ -621,18 +656,24 @@ BEGIN
 			WHERE lower(a.status) = 'online'
 				AND a.last_heartbeat_at < $1 - $3
 				%2$s
-			ORDER BY a.last_heartbeat_at, a.id
+				AND a.id > $4
+			ORDER BY a.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF a SKIP LOCKED
+		),
+		marked AS (
+			UPDATE %1$I.agents u
+			SET status = 'Offline'
+			FROM claimed
+			WHERE u.id = claimed.id
+				AND lower(u.status) = 'online'
+				AND u.last_heartbeat_at < $1 - $3
+			RETURNING u.id
 		)
-		UPDATE %1$I.agents u
-		SET status = 'Offline'
-		FROM claimed
-		WHERE u.id = claimed.id
-			AND lower(u.status) = 'online'
-			AND u.last_heartbeat_at < $1 - $3$q$, s, not_retired)
-	USING now, batch_size, threshold;
-	GET DIAGNOSTICS marked = ROW_COUNT;
+		SELECT (SELECT count(*) FROM marked), (SELECT max(id) FROM claimed)$q$, s, not_retired)
+	INTO marked, last_id
+	USING now, batch_size, threshold, coalesce(certctl_sched._run_cursor('agent_health'), '');
+	PERFORM certctl_sched._run_cursor_advance('agent_health', last_id);
 	RETURN marked;
 END
 $body$;
@@ -656,6 +697,7 @@ DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
 		'managed_certificates', 'certificate_profiles', 'audit_events');
 	expired integer;
+	last_id text;
 BEGIN
 	EXECUTE format($q$
 		WITH claimed AS MATERIALIZED (
@@ -665,7 +707,8 @@ BEGIN
 			WHERE lower(c.status) IN ('active', 'expiring')
 				AND c.expires_at <= $1
 				AND p.allow_short_lived AND p.max_ttl_seconds > 0 AND p.max_ttl_seconds < 3600
-			ORDER BY c.expires_at, c.id
+				AND c.id > $3
+			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
 		),
@@ -677,7 +720,8 @@ BEGIN
 				AND lower(u.status) IN ('active', 'expiring')
 				AND u.expires_at <= $1
 			RETURNING u.id, u.certificate_profile_id, u.expires_at
-		)
+		),
+		a AS (
 		INSERT INTO %1$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details, timestamp)
 		SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'short_lived_cert_expired', 'certificate', x.id,
 			-- expired_at as Go marshals a time.Time (RFC 3339, fraction without trailing zeros), in UTC
@@ -686,9 +730,12 @@ BEGIN
 					|| coalesce('.' || nullif(rtrim(to_char(x.expires_at AT TIME ZONE 'UTC', 'US'), '0'), ''), '')
 					|| 'Z'),
 			$1
-		FROM x$q$, s)
-	USING now, batch_size;
-	GET DIAGNOSTICS expired = ROW_COUNT;
+		FROM x
+		)
+		SELECT (SELECT count(*) FROM x), (SELECT max(id) FROM claimed)$q$, s)
+	INTO expired, last_id
+	USING now, batch_size, coalesce(certctl_sched._run_cursor('short_lived_expiry'), '');
+	PERFORM certctl_sched._run_cursor_advance('short_lived_expiry', last_id);
 	RETURN expired;
 END
 $body$;
@@ -698,6 +745,8 @@ $body$;
 -- both helpers and, since they are SECURITY INVOKER, privileges on certctl's tables.
 REVOKE ALL ON FUNCTION certctl_sched._certctl_schema_checked(timestamptz, integer, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched._alert_thresholds(jsonb) FROM PUBLIC;
+-- (_run_cursor and _run_cursor_advance stay executable by PUBLIC: they only read and set the caller's own session
+-- setting certctl_sched_run.<loop>, and every role that runs a body needs them)
 REVOKE ALL ON FUNCTION certctl_sched.check_expiring_certificates(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.process_pending_jobs(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.mark_stale_agents_offline(timestamptz, integer, interval) FROM PUBLIC;

@@ -299,6 +299,7 @@ certctl_sched_run_loop(PG_FUNCTION_ARGS)
 
 	started = GetCurrentTimestamp();
 	out.result = RESULT_OK;
+	certctl_sched_run_cursor(loop, true);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
@@ -338,6 +339,7 @@ certctl_sched_run_loop(PG_FUNCTION_ARGS)
 				 errdetail("The run's changes were rolled back.")));
 	}
 	PG_END_TRY();
+	certctl_sched_run_cursor(loop, false);
 
 	insert_history(loop, now, started, &out);
 	certctl_sched_record_outcome(slot, started, GetCurrentTimestamp(), &out);

@@ -15,6 +15,7 @@
 #include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "certctl_sched.h"
@@ -131,6 +132,23 @@ certctl_sched_run_batch(int loop, TimestampTz now, int batch_size)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("loop body of \"%s\" returned NULL", def->name)));
 	return rows;
+}
+
+/*
+ * Starts (start = true) or ends the run cursor of a loop in this session:
+ * the placeholder setting certctl_sched_run.<loop>, which the loop bodies
+ * read and advance so that each batch of a run resumes after the last row
+ * the previous one claimed (see _run_cursor in the install script).  Must be
+ * called in a transaction; the setting is transactional like any SET.
+ */
+void
+certctl_sched_run_cursor(int loop, bool start)
+{
+	char		name[64];
+
+	snprintf(name, sizeof(name), "certctl_sched_run.%s", certctl_sched_loops[loop].name);
+	(void) set_config_option(name, start ? "#" : "", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SET, true, 0, false);
 }
 
 /*

@@ -371,6 +371,7 @@ begin_run(TimestampTz sched, TimestampTz *started, const char *trigger, bool *sk
 		return 0;
 	}
 
+	certctl_sched_run_cursor(MyLoop, true);
 	*started = GetCurrentTimestamp();
 	values[0] = CStringGetTextDatum(MyDef->name);
 	values[1] = CStringGetTextDatum(trigger);
@@ -436,6 +437,7 @@ finish_run(int64 history_id, const RunOutcome *out)
 
 	begin_xact("certctl_sched: recording run");
 	bookkeeping_commit_is_local();
+	certctl_sched_run_cursor(MyLoop, false);
 	SPI_connect();
 	SPI_execute_with_args("UPDATE certctl_sched.run_history"
 						  " SET finished_at = pg_catalog.clock_timestamp(), status = $2, error = $4"

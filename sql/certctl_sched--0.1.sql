@@ -374,7 +374,10 @@ BEGIN
 	END IF;
 	PERFORM certctl_sched._run_cursor_advance('renewal', claimed_ids[cardinality(claimed_ids)]);
 
-	IF malformed IS NOT NULL THEN
+	-- once per run (tick time), not once per batch
+	IF malformed IS NOT NULL
+		AND coalesce(current_setting('certctl_sched_run.renewal_warned', true), '') IS DISTINCT FROM now::text THEN
+		PERFORM set_config('certctl_sched_run.renewal_warned', now::text, false);
 		RAISE WARNING 'ignoring malformed alert_thresholds_days of renewal policies %',
 			array_to_string(ARRAY(SELECT format('"%s"', m) FROM unnest(malformed) AS m ORDER BY 1), ', ')
 			USING DETAIL = 'alert_thresholds_days must be a JSON array of integers; '
@@ -392,6 +395,7 @@ BEGIN
 			JOIN k ON k.id = c.id AND k.status_read = e.ls
 			LEFT JOIN %4$I.owners o ON o.id = c.owner_id
 			CROSS JOIN LATERAL unnest(d.due_thresholds) AS t(threshold)
+			WHERE c.id = ANY ($3::text[])	-- lets the planner fetch the claimed rows by key
 		),
 		n AS (
 			INSERT INTO %4$I.notification_events (id, type, certificate_id, channel, recipient, message, sent_at, status)
@@ -419,7 +423,7 @@ BEGIN
 				CASE WHEN d.renew THEN 'job-' || gen_random_uuid() END AS job_id
 			FROM %1$s
 			JOIN k ON k.id = c.id AND k.status_read = e.ls
-			WHERE d.transition OR d.renew
+			WHERE c.id = ANY ($3::text[]) AND (d.transition OR d.renew)
 		),
 		j AS (
 			INSERT INTO %4$I.jobs (id, type, certificate_id, target_id, status, attempts, max_attempts, last_error,
@@ -528,6 +532,7 @@ BEGIN
 				LEFT JOIN %1$I.agents a ON a.id = coalesce(j.agent_id, t.agent_id)
 				LEFT JOIN %1$I.owners o ON o.id = c.owner_id
 				WHERE lower(j.status) = 'pending'
+					AND j.id = ANY ($3::text[])	-- lets the planner fetch the claimed rows by key
 			),
 			uj AS (
 				UPDATE %1$I.jobs u

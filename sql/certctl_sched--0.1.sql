@@ -263,6 +263,24 @@ SELECT set_config('certctl_sched_run.' || loop, '#' || last_key, false)
 WHERE last_key IS NOT NULL AND certctl_sched._run_cursor(loop) IS NOT NULL
 $$;
 
+-- The upper end of the next window of primary keys of a certctl table: the largest of the next `size` ids after
+-- `after`, or NULL past the end.  Claims scan one such window at a time, so each statement reads a bounded key
+-- range in key order whatever the planner thinks of their filters' selectivity (a run stays linear in the table).
+CREATE FUNCTION certctl_sched._key_window(certctl_schema text, tbl text, after text, size integer)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	hi text;
+BEGIN
+	EXECUTE format('SELECT max(id) FROM (SELECT id FROM %I.%I WHERE id > $1 ORDER BY id LIMIT $2) w', certctl_schema, tbl)
+	INTO hi
+	USING after, size;
+	RETURN hi;
+END
+$$;
+
 -- Renewal check (certctl's RenewalService.CheckExpiringCertificates), for one batch of certificates.
 --
 -- Candidates are certificates expiring within certctl's 31-day window, neither RenewalInProgress nor Archived, that
@@ -328,7 +346,8 @@ DECLARE
 							WHERE n.certificate_id = c.id
 								AND lower(replace(n.type, '_', '')) = 'expirationwarning'
 								AND strpos(n.message, '[threshold:' || t || ']') > 0
-								AND strpos(n.message, '(' || e.expiry_date || ')') > 0)
+								AND strpos(n.message, '(' || e.expiry_date || ')') > 0
+							OFFSET 0)	-- a per-row index probe, never a hashed scan of the whole table
 					ORDER BY t DESC)
 				ELSE '{}' END AS due_thresholds,
 				coalesce(e.workable AND p.auto_renew
@@ -338,7 +357,8 @@ DECLARE
 						SELECT FROM %1$I.jobs j
 						WHERE j.certificate_id = c.id
 							AND lower(j.type) = 'renewal'
-							AND lower(j.status) IN ('pending', 'running', 'awaitingcsr', 'awaitingapproval')),
+							AND lower(j.status) IN ('pending', 'running', 'awaitingcsr', 'awaitingapproval')
+						OFFSET 0),	-- a per-row index probe, never a hashed scan of the whole table
 					false) AS renew
 		) d$q$, s);
 	-- the claimed certificates, with the status read at the claim
@@ -347,8 +367,16 @@ DECLARE
 	claimed_ids text[];
 	claimed_status text[];
 	malformed text[];
+	more_ids text[];
+	more_status text[];
+	more_malformed text[];
+	lo text := coalesce(certctl_sched._run_cursor('renewal'), '');
+	hi text;
 BEGIN
-	-- 1. claim a batch of certificates that need something
+	-- 1. claim a batch of certificates that need something, one window of keys at a time
+	LOOP
+	hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
+	EXIT WHEN hi IS NULL;
 	EXECUTE format($q$
 		WITH %2$s
 		SELECT array_agg(b.id ORDER BY b.id),
@@ -361,13 +389,19 @@ BEGIN
 			WHERE c.expires_at < $1 + interval '31 days'
 				AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
 				AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
-				AND c.id > $3
+				AND c.id > $3 AND c.id <= $4
 			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
 		) b$q$, certs, policies)
-	INTO claimed_ids, claimed_status, malformed
-	USING now, batch_size, coalesce(certctl_sched._run_cursor('renewal'), '');
+	INTO more_ids, more_status, more_malformed
+	USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
+	claimed_ids := claimed_ids || more_ids;
+	claimed_status := claimed_status || more_status;
+	malformed := malformed || more_malformed;
+	EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
+	lo := hi;
+	END LOOP;
 
 	IF claimed_ids IS NULL THEN
 		RETURN 0;
@@ -476,10 +510,16 @@ DECLARE
 		'jobs', 'managed_certificates', 'issuers', 'deployment_targets', 'agents', 'owners', 'notification_events',
 		'audit_events');
 	claimed_ids text[];
+	more text[];
+	lo text := coalesce(certctl_sched._run_cursor('job_processor'), '');
+	hi text;
 	waiting bigint;
 	waiting_types text;
 BEGIN
-	-- 1. claim a batch of due jobs this loop handles
+	-- 1. claim a batch of due jobs this loop handles, one window of keys at a time
+	LOOP
+	hi := certctl_sched._key_window(s, 'jobs', lo, batch_size * 10);
+	EXIT WHEN hi IS NULL;
 	EXECUTE format($q$
 		SELECT array_agg(b.id ORDER BY b.id)
 		FROM (
@@ -493,13 +533,17 @@ BEGIN
 							OR EXISTS (SELECT FROM %1$I.agents a
 									   WHERE a.id = j.agent_id
 										   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
-				AND j.id > $3
+				AND j.id > $3 AND j.id <= $4
 			ORDER BY j.id
 			LIMIT $2
 			FOR UPDATE OF j SKIP LOCKED
 		) b$q$, s)
-	INTO claimed_ids
-	USING now, batch_size, coalesce(certctl_sched._run_cursor('job_processor'), '');
+	INTO more
+	USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
+	claimed_ids := claimed_ids || more;
+	EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
+	lo := hi;
+	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('job_processor', claimed_ids[cardinality(claimed_ids)]);
 
 	IF claimed_ids IS NOT NULL THEN
@@ -750,8 +794,9 @@ $body$;
 -- both helpers and, since they are SECURITY INVOKER, privileges on certctl's tables.
 REVOKE ALL ON FUNCTION certctl_sched._certctl_schema_checked(timestamptz, integer, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched._alert_thresholds(jsonb) FROM PUBLIC;
--- (_run_cursor and _run_cursor_advance stay executable by PUBLIC: they only read and set the caller's own session
--- setting certctl_sched_run.<loop>, and every role that runs a body needs them)
+-- (_key_window, _run_cursor and _run_cursor_advance stay executable by PUBLIC: _key_window reads only what its caller
+-- may read, the other two only read and set the caller's own session setting certctl_sched_run.<loop>; every role that
+-- runs a body needs them)
 REVOKE ALL ON FUNCTION certctl_sched.check_expiring_certificates(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.process_pending_jobs(timestamptz, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.mark_stale_agents_offline(timestamptz, integer, interval) FROM PUBLIC;

@@ -681,8 +681,13 @@ AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size, 'agents');
 	not_retired text := '';
-	marked integer;
+	marked integer := 0;
+	claimed integer := 0;
+	n_marked integer;
+	n_claimed integer;
 	last_id text;
+	lo text := coalesce(certctl_sched._run_cursor('agent_health'), '');
+	hi text;
 BEGIN
 	IF threshold IS NULL OR threshold <= interval '0' THEN
 		RAISE EXCEPTION 'threshold must be a positive interval'
@@ -697,7 +702,11 @@ BEGIN
 		not_retired := 'AND a.retired_at IS NULL';
 	END IF;
 
-	-- the claim is a CTE, evaluated once: an IN (subquery) could be rescanned and claim more than a batch
+	-- the claim is a CTE, evaluated once: an IN (subquery) could be rescanned and claim more than a batch; one window
+	-- of keys at a time
+	LOOP
+	hi := certctl_sched._key_window(s, 'agents', lo, batch_size * 10);
+	EXIT WHEN hi IS NULL;
 	EXECUTE format($q$
 		WITH claimed AS MATERIALIZED (
 			SELECT a.id
@@ -705,7 +714,7 @@ BEGIN
 			WHERE lower(a.status) = 'online'
 				AND a.last_heartbeat_at < $1 - $3
 				%2$s
-				AND a.id > $4
+				AND a.id > $4 AND a.id <= $5
 			ORDER BY a.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF a SKIP LOCKED
@@ -719,9 +728,15 @@ BEGIN
 				AND u.last_heartbeat_at < $1 - $3
 			RETURNING u.id
 		)
-		SELECT (SELECT count(*) FROM marked), (SELECT max(id) FROM claimed)$q$, s, not_retired)
-	INTO marked, last_id
-	USING now, batch_size, threshold, coalesce(certctl_sched._run_cursor('agent_health'), '');
+		SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$,
+		s, not_retired)
+	INTO n_marked, n_claimed, last_id
+	USING now, batch_size - claimed, threshold, lo, hi;
+	marked := marked + n_marked;
+	claimed := claimed + n_claimed;
+	EXIT WHEN claimed >= batch_size;
+	lo := hi;
+	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('agent_health', last_id);
 	RETURN marked;
 END
@@ -745,9 +760,18 @@ AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
 		'managed_certificates', 'certificate_profiles', 'audit_events');
-	expired integer;
+	expired integer := 0;
+	claimed integer := 0;
+	n_expired integer;
+	n_claimed integer;
 	last_id text;
+	lo text := coalesce(certctl_sched._run_cursor('short_lived_expiry'), '');
+	hi text;
 BEGIN
+	-- one window of keys at a time
+	LOOP
+	hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
+	EXIT WHEN hi IS NULL;
 	EXECUTE format($q$
 		WITH claimed AS MATERIALIZED (
 			SELECT c.id
@@ -756,7 +780,7 @@ BEGIN
 			WHERE lower(c.status) IN ('active', 'expiring')
 				AND c.expires_at <= $1
 				AND p.allow_short_lived AND p.max_ttl_seconds > 0 AND p.max_ttl_seconds < 3600
-				AND c.id > $3
+				AND c.id > $3 AND c.id <= $4
 			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
@@ -781,9 +805,14 @@ BEGIN
 			$1
 		FROM x
 		)
-		SELECT (SELECT count(*) FROM x), (SELECT max(id) FROM claimed)$q$, s)
-	INTO expired, last_id
-	USING now, batch_size, coalesce(certctl_sched._run_cursor('short_lived_expiry'), '');
+		SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$, s)
+	INTO n_expired, n_claimed, last_id
+	USING now, batch_size - claimed, lo, hi;
+	expired := expired + n_expired;
+	claimed := claimed + n_claimed;
+	EXIT WHEN claimed >= batch_size;
+	lo := hi;
+	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('short_lived_expiry', last_id);
 	RETURN expired;
 END

@@ -375,32 +375,32 @@ DECLARE
 BEGIN
 	-- 1. claim a batch of certificates that need something, one window of keys at a time
 	LOOP
-	hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
-	EXIT WHEN hi IS NULL;
-	EXECUTE format($q$
-		WITH %2$s
-		SELECT array_agg(b.id ORDER BY b.id),
-			array_agg(b.ls ORDER BY b.id),
-			array_agg(DISTINCT b.policy_id) FILTER (WHERE b.malformed)
-		FROM (
-			SELECT c.id, c.expires_at, e.ls, p.id AS policy_id,
-				p.id IS NOT NULL AND p.parsed_thresholds IS NULL AS malformed
-			FROM %1$s
-			WHERE c.expires_at < $1 + interval '31 days'
-				AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
-				AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
-				AND c.id > $3 AND c.id <= $4
-			ORDER BY c.id
-			LIMIT $2
-			FOR NO KEY UPDATE OF c SKIP LOCKED
-		) b$q$, certs, policies)
-	INTO more_ids, more_status, more_malformed
-	USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
-	claimed_ids := claimed_ids || more_ids;
-	claimed_status := claimed_status || more_status;
-	malformed := malformed || more_malformed;
-	EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
-	lo := hi;
+		hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
+		EXIT WHEN hi IS NULL;
+		EXECUTE format($q$
+			WITH %2$s
+			SELECT array_agg(b.id ORDER BY b.id),
+				array_agg(b.ls ORDER BY b.id),
+				array_agg(DISTINCT b.policy_id) FILTER (WHERE b.malformed)
+			FROM (
+				SELECT c.id, c.expires_at, e.ls, p.id AS policy_id,
+					p.id IS NOT NULL AND p.parsed_thresholds IS NULL AS malformed
+				FROM %1$s
+				WHERE c.expires_at < $1 + interval '31 days'
+					AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
+					AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
+					AND c.id > $3 AND c.id <= $4
+				ORDER BY c.id
+				LIMIT $2
+				FOR NO KEY UPDATE OF c SKIP LOCKED
+			) b$q$, certs, policies)
+		INTO more_ids, more_status, more_malformed
+		USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
+		claimed_ids := claimed_ids || more_ids;
+		claimed_status := claimed_status || more_status;
+		malformed := malformed || more_malformed;
+		EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
+		lo := hi;
 	END LOOP;
 
 	IF claimed_ids IS NULL THEN
@@ -485,17 +485,18 @@ $body$;
 
 -- Job processor (certctl's JobService.ProcessPendingJobs), agent key-generation mode, for one batch of jobs.
 --
--- Claims due Pending jobs (scheduled_at null or not after now) of type Renewal, Issuance or Deployment, in
--- primary-key order (see _run_cursor).  Renewal and Issuance: a missing certificate or issuer, or a disabled issuer, fails the job with certctl's
--- error text; otherwise the job becomes AwaitingCSR (attempts counted, started_at set) for the agent to submit a CSR,
--- the certificate becomes RenewalInProgress (unless it is Revoked or Archived: unlike certctl, never resurrect those)
--- and renewal_awaiting_csr is audited.  Deployment: a missing certificate, target or agent fails the job; an agent
--- whose last heartbeat is more than 5 minutes old fails it with a DeploymentFailure notification and a
--- deployment_job_failed audit; otherwise the job gets its target's agent_id and stays Pending, where that agent's
--- work poll finds it (certctl moves it to Running, out of the agents' reach), with one deployment_job_dispatched
--- audit.  A dispatched job is claimed again only if its agent goes offline.  Failed jobs keep attempts and
--- completed_at as they were, as in certctl.  Validation and unknown types are never claimed: they are counted in one
--- notice per call.  Returns the number of jobs claimed (at most batch_size); each of them leaves the claimable set.
+-- Claims due Pending jobs (scheduled_at null or not after now) of type Renewal, Issuance or Deployment, in primary-key
+-- order (see _run_cursor).  Renewal and Issuance: a missing certificate or issuer, or a disabled issuer, fails the job
+-- with certctl's error text; otherwise the job becomes AwaitingCSR (attempts counted, started_at set) for the agent to
+-- submit a CSR, the certificate becomes RenewalInProgress (unless it is Revoked or Archived: unlike certctl, never
+-- resurrect those) and renewal_awaiting_csr is audited.  Deployment: a missing certificate, target or agent fails the
+-- job; an agent whose last heartbeat is more than 5 minutes old fails it with a DeploymentFailure notification and a
+-- deployment_job_failed audit; otherwise the job gets its target's agent_id and stays Pending, where that agent's work
+-- poll finds it (certctl moves it to Running, out of the agents' reach), with one deployment_job_dispatched audit.  A
+-- dispatched job is claimed again only if its agent goes offline.  Failed jobs keep attempts and completed_at as they
+-- were, as in certctl.  Validation and unknown types are never claimed: they are counted in one notice per run (by its
+-- last, short batch).
+-- Returns the number of jobs claimed (at most batch_size); each of them leaves the claimable set.
 --
 -- Concurrency: the claim is FOR UPDATE SKIP LOCKED, so concurrent runners never process the same job; job updates
 -- also require the job to be still pending.  The certificate update waits for a concurrent writer of the row and
@@ -518,31 +519,31 @@ DECLARE
 BEGIN
 	-- 1. claim a batch of due jobs this loop handles, one window of keys at a time
 	LOOP
-	hi := certctl_sched._key_window(s, 'jobs', lo, batch_size * 10);
-	EXIT WHEN hi IS NULL;
-	EXECUTE format($q$
-		SELECT array_agg(b.id ORDER BY b.id)
-		FROM (
-			SELECT j.id
-			FROM %1$I.jobs j
-			WHERE lower(j.status) = 'pending'
-				AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
-				AND (lower(j.type) IN ('renewal', 'issuance')
-					OR (lower(j.type) = 'deployment'
-						AND (j.agent_id IS NULL
-							OR EXISTS (SELECT FROM %1$I.agents a
-									   WHERE a.id = j.agent_id
-										   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
-				AND j.id > $3 AND j.id <= $4
-			ORDER BY j.id
-			LIMIT $2
-			FOR UPDATE OF j SKIP LOCKED
-		) b$q$, s)
-	INTO more
-	USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
-	claimed_ids := claimed_ids || more;
-	EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
-	lo := hi;
+		hi := certctl_sched._key_window(s, 'jobs', lo, batch_size * 10);
+		EXIT WHEN hi IS NULL;
+		EXECUTE format($q$
+			SELECT array_agg(b.id ORDER BY b.id)
+			FROM (
+				SELECT j.id
+				FROM %1$I.jobs j
+				WHERE lower(j.status) = 'pending'
+					AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
+					AND (lower(j.type) IN ('renewal', 'issuance')
+						OR (lower(j.type) = 'deployment'
+							AND (j.agent_id IS NULL
+								OR EXISTS (SELECT FROM %1$I.agents a
+										   WHERE a.id = j.agent_id
+											   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
+					AND j.id > $3 AND j.id <= $4
+				ORDER BY j.id
+				LIMIT $2
+				FOR UPDATE OF j SKIP LOCKED
+			) b$q$, s)
+		INTO more
+		USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
+		claimed_ids := claimed_ids || more;
+		EXIT WHEN coalesce(cardinality(claimed_ids), 0) >= batch_size;
+		lo := hi;
 	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('job_processor', claimed_ids[cardinality(claimed_ids)]);
 
@@ -705,37 +706,37 @@ BEGIN
 	-- the claim is a CTE, evaluated once: an IN (subquery) could be rescanned and claim more than a batch; one window
 	-- of keys at a time
 	LOOP
-	hi := certctl_sched._key_window(s, 'agents', lo, batch_size * 10);
-	EXIT WHEN hi IS NULL;
-	EXECUTE format($q$
-		WITH claimed AS MATERIALIZED (
-			SELECT a.id
-			FROM %1$I.agents a
-			WHERE lower(a.status) = 'online'
-				AND a.last_heartbeat_at < $1 - $3
-				%2$s
-				AND a.id > $4 AND a.id <= $5
-			ORDER BY a.id
-			LIMIT $2
-			FOR NO KEY UPDATE OF a SKIP LOCKED
-		),
-		marked AS (
-			UPDATE %1$I.agents u
-			SET status = 'Offline'
-			FROM claimed
-			WHERE u.id = claimed.id
-				AND lower(u.status) = 'online'
-				AND u.last_heartbeat_at < $1 - $3
-			RETURNING u.id
-		)
-		SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$,
-		s, not_retired)
-	INTO n_marked, n_claimed, last_id
-	USING now, batch_size - claimed, threshold, lo, hi;
-	marked := marked + n_marked;
-	claimed := claimed + n_claimed;
-	EXIT WHEN claimed >= batch_size;
-	lo := hi;
+		hi := certctl_sched._key_window(s, 'agents', lo, batch_size * 10);
+		EXIT WHEN hi IS NULL;
+		EXECUTE format($q$
+			WITH claimed AS MATERIALIZED (
+				SELECT a.id
+				FROM %1$I.agents a
+				WHERE lower(a.status) = 'online'
+					AND a.last_heartbeat_at < $1 - $3
+					%2$s
+					AND a.id > $4 AND a.id <= $5
+				ORDER BY a.id
+				LIMIT $2
+				FOR NO KEY UPDATE OF a SKIP LOCKED
+			),
+			marked AS (
+				UPDATE %1$I.agents u
+				SET status = 'Offline'
+				FROM claimed
+				WHERE u.id = claimed.id
+					AND lower(u.status) = 'online'
+					AND u.last_heartbeat_at < $1 - $3
+				RETURNING u.id
+			)
+			SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$,
+			s, not_retired)
+		INTO n_marked, n_claimed, last_id
+		USING now, batch_size - claimed, threshold, lo, hi;
+		marked := marked + n_marked;
+		claimed := claimed + n_claimed;
+		EXIT WHEN claimed >= batch_size;
+		lo := hi;
 	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('agent_health', last_id);
 	RETURN marked;
@@ -770,48 +771,48 @@ DECLARE
 BEGIN
 	-- one window of keys at a time
 	LOOP
-	hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
-	EXIT WHEN hi IS NULL;
-	EXECUTE format($q$
-		WITH claimed AS MATERIALIZED (
-			SELECT c.id
-			FROM %1$I.managed_certificates c
-			JOIN %1$I.certificate_profiles p ON p.id = c.certificate_profile_id
-			WHERE lower(c.status) IN ('active', 'expiring')
-				AND c.expires_at <= $1
-				AND p.allow_short_lived AND p.max_ttl_seconds > 0 AND p.max_ttl_seconds < 3600
-				AND c.id > $3 AND c.id <= $4
-			ORDER BY c.id
-			LIMIT $2
-			FOR NO KEY UPDATE OF c SKIP LOCKED
-		),
-		x AS (
-			UPDATE %1$I.managed_certificates u
-			SET status = 'Expired', updated_at = $1
-			FROM claimed
-			WHERE u.id = claimed.id
-				AND lower(u.status) IN ('active', 'expiring')
-				AND u.expires_at <= $1
-			RETURNING u.id, u.certificate_profile_id, u.expires_at
-		),
-		a AS (
-		INSERT INTO %1$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details, timestamp)
-		SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'short_lived_cert_expired', 'certificate', x.id,
-			-- expired_at as Go marshals a time.Time (RFC 3339, fraction without trailing zeros), in UTC
-			jsonb_build_object('profile_id', x.certificate_profile_id,
-				'expired_at', to_char(x.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-					|| coalesce('.' || nullif(rtrim(to_char(x.expires_at AT TIME ZONE 'UTC', 'US'), '0'), ''), '')
-					|| 'Z'),
-			$1
-		FROM x
-		)
-		SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$, s)
-	INTO n_expired, n_claimed, last_id
-	USING now, batch_size - claimed, lo, hi;
-	expired := expired + n_expired;
-	claimed := claimed + n_claimed;
-	EXIT WHEN claimed >= batch_size;
-	lo := hi;
+		hi := certctl_sched._key_window(s, 'managed_certificates', lo, batch_size * 10);
+		EXIT WHEN hi IS NULL;
+		EXECUTE format($q$
+			WITH claimed AS MATERIALIZED (
+				SELECT c.id
+				FROM %1$I.managed_certificates c
+				JOIN %1$I.certificate_profiles p ON p.id = c.certificate_profile_id
+				WHERE lower(c.status) IN ('active', 'expiring')
+					AND c.expires_at <= $1
+					AND p.allow_short_lived AND p.max_ttl_seconds > 0 AND p.max_ttl_seconds < 3600
+					AND c.id > $3 AND c.id <= $4
+				ORDER BY c.id
+				LIMIT $2
+				FOR NO KEY UPDATE OF c SKIP LOCKED
+			),
+			x AS (
+				UPDATE %1$I.managed_certificates u
+				SET status = 'Expired', updated_at = $1
+				FROM claimed
+				WHERE u.id = claimed.id
+					AND lower(u.status) IN ('active', 'expiring')
+					AND u.expires_at <= $1
+				RETURNING u.id, u.certificate_profile_id, u.expires_at
+			),
+			a AS (
+			INSERT INTO %1$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details, timestamp)
+			SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'short_lived_cert_expired', 'certificate', x.id,
+				-- expired_at as Go marshals a time.Time (RFC 3339, fraction without trailing zeros), in UTC
+				jsonb_build_object('profile_id', x.certificate_profile_id,
+					'expired_at', to_char(x.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+						|| coalesce('.' || nullif(rtrim(to_char(x.expires_at AT TIME ZONE 'UTC', 'US'), '0'), ''), '')
+						|| 'Z'),
+				$1
+			FROM x
+			)
+			SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM claimed), (SELECT max(id) FROM claimed)$q$, s)
+		INTO n_expired, n_claimed, last_id
+		USING now, batch_size - claimed, lo, hi;
+		expired := expired + n_expired;
+		claimed := claimed + n_claimed;
+		EXIT WHEN claimed >= batch_size;
+		lo := hi;
 	END LOOP;
 	PERFORM certctl_sched._run_cursor_advance('short_lived_expiry', last_id);
 	RETURN expired;

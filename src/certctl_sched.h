@@ -127,6 +127,7 @@ typedef struct RunOutcome
 } RunOutcome;
 
 extern int	certctl_sched_loop_by_name(const char *name);
+extern Datum certctl_sched_ms_interval(int ms);
 extern int64 certctl_sched_run_batch(int loop, TimestampTz now, int batch_size);
 extern void certctl_sched_run_cursor(int loop, bool start);
 extern void certctl_sched_record_outcome(LoopSlot *slot, TimestampTz started,

@@ -69,15 +69,6 @@ my_slot(int loop)
 	return certctl_sched_find_slot(MyDatabaseId, dbname, loop);
 }
 
-static Datum
-interval_datum(int ms)
-{
-	Interval   *iv = palloc0(sizeof(Interval));
-
-	iv->time = (int64) ms * 1000;
-	return IntervalPGetDatum(iv);
-}
-
 /*
  * loop_status(): one row per loop and database, read from shared memory, so
  * it works while a run is in progress and on a standby.
@@ -138,7 +129,7 @@ certctl_sched_loop_status(PG_FUNCTION_ARGS)
 		values[c++] = Int32GetDatum(s.pid);
 		values[c++] = CStringGetTextDatum(state);
 		nulls[c] = (s.interval_ms < 0);
-		values[c++] = interval_datum(s.interval_ms);
+		values[c++] = certctl_sched_ms_interval(s.interval_ms);
 		nulls[c] = (s.last_started == 0);
 		values[c++] = TimestampTzGetDatum(s.last_started);
 		nulls[c] = (s.last_finished == 0 || s.last_finished < s.last_started);

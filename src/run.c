@@ -92,6 +92,16 @@ certctl_sched_lock_holder(int loop)
 	return pid;
 }
 
+/* Returns an interval Datum of ms milliseconds. */
+Datum
+certctl_sched_ms_interval(int ms)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = (int64) ms * 1000;
+	return IntervalPGetDatum(iv);
+}
+
 /*
  * Runs one batch of a loop's body in the current transaction and returns the
  * number of rows it handled.  The caller provides the transaction and an
@@ -103,18 +113,16 @@ certctl_sched_run_batch(int loop, TimestampTz now, int batch_size)
 	const LoopDef *def = &certctl_sched_loops[loop];
 	Oid			argtypes[3] = {TIMESTAMPTZOID, INT4OID, INTERVALOID};
 	Datum		values[3];
-	Interval   *threshold = palloc0(sizeof(Interval));
 	int64		rows = 0;
 	bool		isnull = true;
 	int			ret;
 
 	Assert(def->body_sql != NULL);
-	/* agent health's threshold is its interval, as in certctl; certctl's default when the loop is disabled */
-	threshold->time = (int64) (certctl_sched_interval_ms[loop] > 0 ?
-							   certctl_sched_interval_ms[loop] : certctl_sched_loops[loop].default_interval_ms) * 1000;
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int32GetDatum(batch_size);
-	values[2] = IntervalPGetDatum(threshold);
+	/* agent health's threshold is its interval, as in certctl; certctl's default when the loop is disabled */
+	values[2] = certctl_sched_ms_interval(certctl_sched_interval_ms[loop] > 0 ?
+										  certctl_sched_interval_ms[loop] : def->default_interval_ms);
 
 	SPI_connect();
 	ret = SPI_execute_with_args(def->body_sql, 3, argtypes, values, NULL, false, 1);

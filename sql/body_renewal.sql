@@ -142,7 +142,7 @@ SELECT count(*) AS alerts,
 			AND (SELECT count(*) FROM jsonb_object_keys(a.details)) = 2)) AS matching
 FROM new_alerts n;
 SELECT resource_id, details FROM new_audits
-WHERE action = 'expiration_alert_sent' AND resource_id IN ('c19', 'c30') ORDER BY 1, 2::text;
+WHERE action = 'expiration_alert_sent' AND resource_id IN ('c19', 'c30') ORDER BY 1, (details ->> 'threshold_days')::int DESC;
 SELECT DISTINCT actor, actor_type, resource_type, timestamp = :'now' AS at_now FROM new_audits;
 
 -- renewal jobs: auto_renew, inside the window, issuer enabled, no active renewal job

@@ -303,13 +303,14 @@ $$;
 --
 -- Concurrency: statement 1 claims the batch with FOR NO KEY UPDATE SKIP LOCKED; the certificate's row lock is the
 -- per-certificate mutex that certctl lacks (it does not block the foreign-key checks of inserted jobs and
--- notifications).  The alert and job statements re-evaluate the needs with fresh snapshots, after the lock was
--- granted, so alerts and jobs a concurrent runner committed are seen and never duplicated; status updates are
--- conditional on the status read at the claim.
+-- notifications).  Statement 2 re-evaluates the needs with a fresh snapshot, taken after the locks were granted, so
+-- alerts and jobs a concurrent runner committed are seen and never duplicated; the status update is conditional on
+-- the status read at the claim.
 CREATE FUNCTION certctl_sched.check_expiring_certificates(now timestamptz, batch_size integer)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
@@ -321,10 +322,9 @@ DECLARE
 			SELECT id, auto_renew, renewal_window_days,
 				certctl_sched._alert_thresholds(alert_thresholds_days) AS parsed_thresholds
 			FROM %I.renewal_policies)$q$, s);
-	-- a certificate (c) with its policy (p), issuer (i), derived values (e) and needs (d), read in the statement's
-	-- snapshot; the claim and every later step evaluate the same definitions
+	-- a certificate (c, whose source each statement names first) with its policy (p), issuer (i), derived values (e)
+	-- and needs (d), read in the statement's snapshot; the claim and the actions evaluate the same definitions
 	certs text := format($q$
-		%1$I.managed_certificates c
 		LEFT JOIN p ON p.id = c.renewal_policy_id
 		LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
 		CROSS JOIN LATERAL (
@@ -385,7 +385,8 @@ BEGIN
 			FROM (
 				SELECT c.id, c.expires_at, e.ls, p.id AS policy_id,
 					p.id IS NOT NULL AND p.parsed_thresholds IS NULL AS malformed
-				FROM %1$s
+				FROM %3$I.managed_certificates c
+				%1$s
 				WHERE c.expires_at < $1 + interval '31 days'
 					AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
 					AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
@@ -393,7 +394,7 @@ BEGIN
 				ORDER BY c.id
 				LIMIT $2
 				FOR NO KEY UPDATE OF c SKIP LOCKED
-			) b$q$, certs, policies)
+			) b$q$, certs, policies, s)
 		INTO more_ids, more_status, more_malformed
 		USING now, batch_size - coalesce(cardinality(claimed_ids), 0), lo, hi;
 		claimed_ids := claimed_ids || more_ids;
@@ -419,17 +420,26 @@ BEGIN
 				HINT = 'Correct alert_thresholds_days of these renewal policies.';
 	END IF;
 
-	-- 2. threshold alerts, re-checked in a fresh snapshot: one notification and one audit row per due threshold
+	-- 2. act on the claimed certificates, their needs re-checked in a fresh snapshot (taken after the claim's locks
+	-- were granted): one notification and one audit row per due threshold; the renewal job with its audit row; the
+	-- status, conditional on the status read at the claim
 	EXECUTE format($q$
 		WITH %2$s, %3$s,
+		v AS MATERIALIZED (
+			SELECT c.id, c.common_name, c.owner_id, k.status_read, e.new_status, e.days, e.days_int, e.expiry_date,
+				d.transition, d.renew, d.due_thresholds
+			FROM k
+			-- one primary-key probe per claimed certificate, whatever the planner makes of the table's size
+			CROSS JOIN LATERAL (SELECT * FROM %4$I.managed_certificates c WHERE c.id = k.id OFFSET 0) c
+			%1$s
+			WHERE k.status_read = e.ls
+		),
 		a AS MATERIALIZED (
-			SELECT c.id AS certificate_id, c.common_name, t.threshold, e.days_int, e.expiry_date,
-				coalesce(nullif(o.email, ''), c.owner_id) AS recipient
-			FROM %1$s
-			JOIN k ON k.id = c.id AND k.status_read = e.ls
-			LEFT JOIN %4$I.owners o ON o.id = c.owner_id
-			CROSS JOIN LATERAL unnest(d.due_thresholds) AS t(threshold)
-			WHERE c.id = ANY ($3::text[])	-- lets the planner fetch the claimed rows by key
+			SELECT v.id AS certificate_id, v.common_name, t.threshold, v.days_int, v.expiry_date,
+				coalesce(nullif(o.email, ''), v.owner_id) AS recipient
+			FROM v
+			LEFT JOIN %4$I.owners o ON o.id = v.owner_id
+			CROSS JOIN LATERAL unnest(v.due_thresholds) AS t(threshold)
 		),
 		n AS (
 			INSERT INTO %4$I.notification_events (id, type, certificate_id, channel, recipient, message, sent_at, status)
@@ -442,22 +452,19 @@ BEGIN
 				END,
 				NULL, 'pending'
 			FROM a
-		)
-		INSERT INTO %4$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details, timestamp)
-		SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'expiration_alert_sent', 'certificate',
-			a.certificate_id, jsonb_build_object('threshold_days', a.threshold, 'days_until_expiry', a.days_int), $1
-		FROM a$q$, certs, policies, claimed, s)
-	USING now, batch_size, claimed_ids, claimed_status;
-
-	-- 3. renewal jobs and status transitions, re-checked in a fresh snapshot
-	EXECUTE format($q$
-		WITH %2$s, %3$s,
+		),
+		na AS (
+			INSERT INTO %4$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details,
+				timestamp)
+			SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'expiration_alert_sent', 'certificate',
+				a.certificate_id, jsonb_build_object('threshold_days', a.threshold, 'days_until_expiry', a.days_int), $1
+			FROM a
+		),
 		x AS MATERIALIZED (
-			SELECT c.id, k.status_read, e.new_status, e.days, d.renew,
-				CASE WHEN d.renew THEN 'job-' || gen_random_uuid() END AS job_id
-			FROM %1$s
-			JOIN k ON k.id = c.id AND k.status_read = e.ls
-			WHERE c.id = ANY ($3::text[]) AND (d.transition OR d.renew)
+			SELECT v.id, v.status_read, v.new_status, v.days, v.renew,
+				CASE WHEN v.renew THEN 'job-' || gen_random_uuid() END AS job_id
+			FROM v
+			WHERE v.transition OR v.renew
 		),
 		j AS (
 			INSERT INTO %4$I.jobs (id, type, certificate_id, target_id, status, attempts, max_attempts, last_error,
@@ -505,6 +512,7 @@ CREATE FUNCTION certctl_sched.process_pending_jobs(now timestamptz, batch_size i
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
@@ -570,14 +578,13 @@ BEGIN
 						WHEN a.last_heartbeat_at < $1 - interval '5 minutes' THEN 'agent is offline'
 					END AS error
 				FROM unnest($3::text[]) AS k(id)
-				JOIN %1$I.jobs j ON j.id = k.id
+				CROSS JOIN LATERAL (SELECT * FROM %1$I.jobs j WHERE j.id = k.id OFFSET 0) j
 				LEFT JOIN %1$I.managed_certificates c ON c.id = j.certificate_id
 				LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
 				LEFT JOIN %1$I.deployment_targets t ON t.id = j.target_id
 				LEFT JOIN %1$I.agents a ON a.id = coalesce(j.agent_id, t.agent_id)
 				LEFT JOIN %1$I.owners o ON o.id = c.owner_id
 				WHERE lower(j.status) = 'pending'
-					AND j.id = ANY ($3::text[])	-- lets the planner fetch the claimed rows by key
 			),
 			uj AS (
 				UPDATE %1$I.jobs u
@@ -678,6 +685,7 @@ CREATE FUNCTION certctl_sched.mark_stale_agents_offline(now timestamptz, batch_s
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size, 'agents');
@@ -757,6 +765,7 @@ CREATE FUNCTION certctl_sched.expire_short_lived_certificates(now timestamptz, b
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,

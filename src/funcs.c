@@ -116,7 +116,9 @@ certctl_sched_loop_status(PG_FUNCTION_ARGS)
 		memset(nulls, 0, sizeof(nulls));
 		namestrcpy(dbname, s.dbname);
 		if (s.pid == 0)
-			state = in_recovery ? "standby" : "stopped";
+			/* a loop without a body in this version has no worker (init.c) */
+			state = in_recovery ? "standby" :
+				certctl_sched_loops[s.loop].body_sql ? "stopped" : "disabled";
 		else
 			state = certctl_sched_state_name(s.state);
 		result = certctl_sched_result_name(s.last_result);

@@ -210,12 +210,22 @@ define_reloadable_settings(void)
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 }
 
-/* Registers one static background worker per loop for every configured database. */
+/*
+ * Registers one static background worker per implemented loop for every
+ * configured database.  A loop whose body this version does not have
+ * (notifications, network scan) gets no process: its slot stays "disabled".
+ */
 static void
 register_workers(int ndb, char dbnames[][NAMEDATALEN])
 {
-	int			needed = ndb * CERTCTL_SCHED_NLOOPS;
+	int			implemented = 0;
+	int			needed;
 	int			others = (max_logical_replication_workers > 0) ? 1 : 0;
+
+	for (int i = 0; i < CERTCTL_SCHED_NLOOPS; i++)
+		if (certctl_sched_loops[i].body_sql != NULL)
+			implemented++;
+	needed = ndb * implemented;
 
 	if (needed + others > max_worker_processes)
 		ereport(WARNING,
@@ -223,7 +233,7 @@ register_workers(int ndb, char dbnames[][NAMEDATALEN])
 				 errmsg("certctl_sched needs %d background worker slots, but max_worker_processes is %d",
 						needed, max_worker_processes),
 				 errdetail("certctl_sched runs %d workers for each of the %d database(s) in certctl_sched.database%s.",
-						   CERTCTL_SCHED_NLOOPS, ndb,
+						   implemented, ndb,
 						   others ? ", and the logical replication launcher takes one more slot" : ""),
 				 errhint("Set max_worker_processes to at least %d (plus what parallel query and other extensions need) and restart the server.",
 						 needed + others)));
@@ -234,6 +244,8 @@ register_workers(int ndb, char dbnames[][NAMEDATALEN])
 		{
 			BackgroundWorker worker;
 
+			if (certctl_sched_loops[i].body_sql == NULL)
+				continue;
 			memset(&worker, 0, sizeof(worker));
 			worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 			/* never on a standby: the loops write, and advisory locks are per server */

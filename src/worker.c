@@ -161,6 +161,31 @@ guard_stop(void)
 	run_deadline = 0;
 }
 
+/*
+ * Sleeps on the latch until it is set or timeout_ms (-1: no timeout) passes.
+ * SIGALRM is blocked meanwhile: after a run, timeout.c leaves the guard's
+ * interval timer armed (re-arming is cheaper than cancelling; PostgreSQL 14
+ * and 15 do not cancel it at all), and the one last SIGALRM would set the
+ * latch and wake an idle worker for nothing.  Blocked, it stays pending and is
+ * delivered when the worker wakes for a reason; nothing that must fire while
+ * the worker sleeps uses SIGALRM (it holds no locks and runs no transaction).
+ */
+static void
+sleep_on_latch(long timeout_ms)
+{
+	sigset_t	alarm;
+	sigset_t	saved;
+
+	sigemptyset(&alarm);
+	sigaddset(&alarm, SIGALRM);
+	sigprocmask(SIG_BLOCK, &alarm, &saved);
+	(void) WaitLatch(MyLatch,
+					 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout_ms >= 0 ? WL_TIMEOUT : 0),
+					 timeout_ms, PG_WAIT_EXTENSION);
+	sigprocmask(SIG_SETMASK, &saved, NULL);
+	ResetLatch(MyLatch);
+}
+
 /* Sets the state shown by loop_status(). */
 static void
 publish_state(LoopState state, TimestampTz next_run)
@@ -761,10 +786,7 @@ certctl_sched_worker_main(Datum main_arg)
 		announced = state;
 		publish_state(state, state == LOOP_IDLE ? next_due : 0);
 
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout >= 0 ? WL_TIMEOUT : 0),
-						 timeout, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		sleep_on_latch(timeout);
 	}
 
 	ereport(LOG,

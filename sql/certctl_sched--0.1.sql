@@ -584,6 +584,7 @@ BEGIN
 						WHEN a.last_heartbeat_at < $1 - interval '5 minutes' THEN 'agent is offline'
 					END AS error
 				FROM unnest($3::text[]) AS k(id)
+				-- one primary-key probe per claimed job, whatever the planner makes of the table's size
 				CROSS JOIN LATERAL (SELECT * FROM %1$I.jobs j WHERE j.id = k.id OFFSET 0) j
 				LEFT JOIN %1$I.managed_certificates c ON c.id = j.certificate_id
 				LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id

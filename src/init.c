@@ -2,7 +2,7 @@
  *
  * init.c
  *		Module entry point: settings and the registration of one background
- *		worker per loop and database.
+ *		worker per implemented loop and database.
  *
  * Only a library loaded through shared_preload_libraries can register
  * workers and shared memory.  Loaded any other way (CREATE EXTENSION in a
@@ -287,7 +287,7 @@ _PG_init(void)
 
 	DefineCustomStringVariable("certctl_sched.database",
 							   "Sets the database(s) the loops run in.",
-							   "A comma-separated list; each database gets one worker per loop.",
+							   "A comma-separated list; each database gets one worker per implemented loop.",
 							   &certctl_sched_database, "postgres",
 							   PGC_POSTMASTER, 0, check_database, NULL, NULL);
 	DefineCustomStringVariable("certctl_sched.role",

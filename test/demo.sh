@@ -104,7 +104,7 @@ run_loops() {
 		CREATE TEMP TABLE snap_audit AS SELECT id FROM audit_events;
 
 		\echo
-		\echo '=== The scheduler workers, one per loop, waiting for CREATE EXTENSION'
+		\echo '=== The scheduler workers, one per implemented loop, waiting for CREATE EXTENSION'
 		SELECT backend_type, application_name, wait_event_type, wait_event FROM pg_stat_activity
 		WHERE backend_type LIKE 'certctl_sched%' ORDER BY backend_type;
 

@@ -175,8 +175,9 @@ $$;
 -- rewrite), so a concurrent revocation, renewal or heartbeat wins over the loop.
 --
 -- Plans: a body's statements read one batch of rows, or one window of primary keys, and reach every other row by an
--- index probe.  The bodies run with enable_hashjoin, enable_mergejoin and enable_material off, so that the planner
--- never trades those probes for a scan of a whole table, which its cost model prefers for a few thousand random
+-- index probe.  The bodies run with enable_hashjoin, enable_mergejoin, enable_material and enable_bitmapscan off, so
+-- that the planner never trades those probes for a scan of a whole table or of a whole secondary index (a bitmap of
+-- every pending job or stale agent, ANDed with the window), which its cost model prefers for a few thousand random
 -- probes into tables of 10^4 to 10^5 rows: a scan per batch would make a run quadratic in the table.  And with jit
 -- off: every statement is planned for one execution, for which JIT compilation costs more than it saves.
 --
@@ -316,7 +317,7 @@ CREATE FUNCTION certctl_sched.check_expiring_certificates(now timestamptz, batch
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off SET enable_bitmapscan = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
@@ -518,7 +519,7 @@ CREATE FUNCTION certctl_sched.process_pending_jobs(now timestamptz, batch_size i
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off SET enable_bitmapscan = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,
@@ -692,7 +693,7 @@ CREATE FUNCTION certctl_sched.mark_stale_agents_offline(now timestamptz, batch_s
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off SET enable_bitmapscan = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size, 'agents');
@@ -772,7 +773,7 @@ CREATE FUNCTION certctl_sched.expire_short_lived_certificates(now timestamptz, b
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off
+SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off SET enable_bitmapscan = off
 AS $body$
 DECLARE
 	s text := certctl_sched._certctl_schema_checked(now, batch_size,

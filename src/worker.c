@@ -663,6 +663,7 @@ certctl_sched_worker_main(Datum main_arg)
 	MySlot = &certctl_sched_shared->slots[slotno];
 	MyLoop = MySlot->loop;
 	MyDef = &certctl_sched_loops[MyLoop];
+	Assert(MyDef->body_sql != NULL);	/* loops without a body get no worker (init.c) */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, handle_sigterm);
@@ -740,7 +741,7 @@ certctl_sched_worker_main(Datum main_arg)
 			refresh_catalog_state();
 
 		now = GetCurrentTimestamp();
-		if (!certctl_sched_enabled || interval_ms < 0 || MyDef->body_sql == NULL)
+		if (!certctl_sched_enabled || interval_ms < 0)
 			state = LOOP_DISABLED;
 		else if (!extension_exists)
 			state = LOOP_WAITING_FOR_EXTENSION;

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # test/run-tests.sh: the test command: install deps, build+install, run `make installcheck` (pg_regress, isolation, TAP)
 #
+# Usage: test/run-tests.sh [TEST...]   with no argument, every suite; otherwise only the named tests: a pg_regress test
+# (api), an isolation spec (jobs_concurrent) or a TAP file (test/t/003_lock.pl), e.g. test/run-tests.sh api test/t/003_lock.pl
+#
 # As root the suites run as an unprivileged user (see server_user in test/setup.sh) in a private copy of the tree
 # under /tmp; otherwise in place.  CI=1 adds -Werror.  TEST_TIMEOUT (seconds, default 3600) bounds the suites.
 set -euo pipefail
@@ -54,7 +57,25 @@ finish() {
 	fi
 }
 
+# Print the make variables that restrict installcheck to the tests named in "$@" (nothing for all tests).
+test_selection() {
+	[ $# -gt 0 ] || return 0
+	local t regress=() iso=() tap=()
+	for t in "$@"; do
+		if [ -f "$REPO_ROOT/sql/$t.sql" ]; then regress+=("$t")
+		elif [ -f "$REPO_ROOT/test/specs/$t.spec" ]; then iso+=("$t")
+		elif [ -f "$REPO_ROOT/${t#./}" ] && [[ "$t" == *.pl ]]; then tap+=("${t#./}")
+		else die "no such test: $t (a name from sql/, test/specs/ or a test/t/*.pl file)"
+		fi
+	done
+	printf '%s\n' "REGRESS=${regress[*]}" "ISOLATION=${iso[*]}" "PROVE_TESTS=${tap[*]}"
+	[ ${#tap[@]} -gt 0 ] || echo "TAP_TESTS="
+}
+
 main() {
+	local selection=() vars
+	vars="$(test_selection "$@")" || exit 1
+	[ -z "$vars" ] || mapfile -t selection <<<"$vars"
 	trap finish EXIT
 	trap 'exit 130' INT TERM
 	install_deps
@@ -70,7 +91,7 @@ main() {
 	say "running make installcheck as $USER_NAME in $TREE"
 	local rc=0
 	run_as "$USER_NAME" timeout -k 30 "${TEST_TIMEOUT:-3600}" \
-		make -C "$TREE" PG_CONFIG="$PG_CONFIG" installcheck </dev/null || rc=$?
+		make -C "$TREE" PG_CONFIG="$PG_CONFIG" "${selection[@]}" installcheck </dev/null || rc=$?
 	if [ "$rc" -eq 0 ]; then
 		STATUS=0
 	else

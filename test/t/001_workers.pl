@@ -76,7 +76,9 @@ $bad->safe_psql('postgres', 'CREATE DATABASE later');
 ok($bad->poll_query_until('later',
 	"SELECT count(*) = 4 FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"),
 	'workers connect once the database exists');
-is(CertctlTest::log_count($bad, qr/FATAL:  database "later" does not exist/), 4, 'one failed attempt per worker');
+# (a worker that starts late may find the database already there: at most one failed attempt per worker)
+my $fatals = CertctlTest::log_count($bad, qr/FATAL:  database "later" does not exist/);
+ok($fatals >= 1 && $fatals <= 4, "at most one failed attempt per worker ($fatals)");
 $bad->stop;
 
 # too few worker slots: a log line saying how many are needed

@@ -91,15 +91,19 @@ is($node->safe_psql('certctl', "SELECT state FROM certctl_sched.loops WHERE loop
 is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), $offline, 'rolled back');
 
 # fast shutdown while the batch's commit waits on a synchronous standby that never answers (the test's own
-# sessions commit locally; after the restart the worker runs at start and its first batch's commit waits; the
-# batch sleeps a second so that the checkpointer has published synchronous_standby_names by then)
+# sessions commit locally).  The loop is paused across the restart and resumed only once a probe session's commit
+# is seen waiting for the standby: by then the checkpointer has published synchronous_standby_names, so the
+# worker's first batch commit must wait too.
 $ENV{PGOPTIONS} = '-c synchronous_commit=local';
 $node->safe_psql('certctl', q{
 	ALTER SYSTEM SET certctl_sched.agent_health_timeout = 0;
 	ALTER SYSTEM SET certctl_sched.shutdown_timeout = '2s';
 	ALTER SYSTEM SET synchronous_standby_names = 'nobody';
-	UPDATE test_ctl SET sleep = 1;});
+	UPDATE test_ctl SET sleep = 0;
+	SELECT certctl_sched.pause('agent_health');});
 $node->restart;
+CertctlTest::wait_sync_rep_published($node);
+$node->safe_psql('certctl', "SELECT certctl_sched.resume('agent_health')");
 CertctlTest::poll_ok($node,
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event = 'SyncRep'",
 	'commit waits for the synchronous standby');

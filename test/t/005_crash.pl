@@ -24,6 +24,8 @@ ok($running_id, 'the run has a running history row');
 
 kill 'KILL', $pid;
 ok($node->wait_for_log(qr/all server processes terminated; reinitializing/), 'crash restart');
+# the log line comes before crash recovery: wait until the server accepts connections again
+CertctlTest::poll_ok($node, 'SELECT true', 'the server accepts connections after crash recovery');
 $node->safe_psql('certctl', 'UPDATE test_ctl SET sleep = 0');
 CertctlTest::poll_ok($node,
 	"SELECT count(*) = 0 FROM agents WHERE status = 'Online'", 'the loop resumes after recovery and finishes the work');

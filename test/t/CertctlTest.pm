@@ -66,6 +66,31 @@ sub control_trigger
 		CREATE TRIGGER test_ctl AFTER UPDATE ON agents FOR EACH STATEMENT EXECUTE FUNCTION test_ctl_trigger();});
 }
 
+# Waits until a commit on the node waits for synchronous replication, i.e. the checkpointer has published
+# synchronous_standby_names (set before the node's start): a probe session commits with synchronous_commit = on,
+# is seen waiting in SyncRep, and is cancelled (its commit then completes locally).
+sub wait_sync_rep_published
+{
+	my ($node) = @_;
+	my $probe = $node->background_psql('certctl', on_error_stop => 0);
+	my $pid = $probe->query_safe('SELECT pg_backend_pid()');
+	$probe->query_safe('SET synchronous_commit = on');
+	for (my $n = 0;; $n++)
+	{
+		# a transaction that writes WAL, whose commit waits for the standby once the setting is in force (not a
+		# temporary table: dropping it at the session's exit would wait too, and hold up a fast shutdown)
+		$probe->query_until(qr/probe_sent/,
+			"\\echo probe_sent\nCREATE TABLE sync_probe_$n ();\n");
+		$node->poll_query_until('certctl', qq{
+			SELECT CASE WHEN wait_event = 'SyncRep' THEN 'waiting'
+						WHEN state = 'idle' AND query LIKE 'CREATE TABLE sync_probe_$n %' THEN 'done' END IS NOT NULL
+			FROM pg_stat_activity WHERE pid = $pid}) or die 'probe session stuck';
+		last if $node->safe_psql('certctl', "SELECT wait_event FROM pg_stat_activity WHERE pid = $pid") eq 'SyncRep';
+	}
+	$node->safe_psql('certctl', "SELECT pg_cancel_backend($pid)");
+	$probe->quit;
+}
+
 # Returns the pid of a loop's worker (polling until it is up).
 sub worker_pid
 {

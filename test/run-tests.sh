@@ -68,6 +68,8 @@ test_selection() {
 		else die "no such test: $t (a name from sql/, test/specs/ or a test/t/*.pl file)"
 		fi
 	done
+	# every pg_regress test assumes 00_extension (CREATE EXTENSION) ran first
+	[ ${#regress[@]} -eq 0 ] || [ "${regress[0]}" = 00_extension ] || regress=(00_extension "${regress[@]}")
 	printf '%s\n' "REGRESS=${regress[*]}" "ISOLATION=${iso[*]}" "PROVE_TESTS=${tap[*]}"
 	[ ${#tap[@]} -gt 0 ] || echo "TAP_TESTS="
 }

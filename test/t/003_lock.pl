@@ -75,9 +75,11 @@ $node->safe_psql('certctl', q{
 # the worker and a session contend for the lock, both ways round.  (1) A session's run_loop() holds the lock until
 # its transaction ends: the worker's ticks are skipped meanwhile.
 my $session = $node->background_psql('certctl');
+$session->query_safe('SET client_min_messages = error');	# (a skipped attempt warns)
 my $got;
 for (my $i = 0; $i < 100; $i++)	# (the worker may be mid-run: retry until the session gets the lock)
 {
+	$node->poll_query_until('certctl', "SELECT state = 'idle' FROM certctl_sched.loops WHERE loop = 'job_processor'");
 	$session->query_safe('BEGIN');
 	$got = $session->query_safe("SELECT status FROM certctl_sched.run_loop('job_processor')");
 	last if $got eq 'ok';

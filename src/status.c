@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * shmem.c
- *		The shared-memory status of every loop: one LoopSlot per loop and
- *		database, written by the workers and read by loop_status().
+ * status.c
+ *		The shared status of every loop: one LoopSlot per loop and database,
+ *		written by the runners (state, outcomes, counters) and read by
+ *		loop_status(), and the commit-time wake-up of a database's workers.
  *
  * Slots are created at postmaster start (and again after a crash restart,
  * which resets them).  All fields are protected by one LWLock; updates are a
@@ -13,25 +14,28 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
-#include "commands/dbcommands.h"
 
 #include "compat.h"
 #include "certctl_sched.h"
 
 CertctlSchedShared *certctl_sched_shared = NULL;
 
-static int	shared_nslots = 0;
+/* what _PG_init asked for: the databases, each with a slot per loop */
+static int	shared_ndb = 0;
+static char shared_dbnames[CERTCTL_SCHED_MAX_DATABASES][NAMEDATALEN];
+
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 #ifdef CERTCTL_SCHED_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 
-/* loops whose workers to wake when the current transaction commits (bit per loop; all = every loop) */
+/* loops whose workers to wake when the current transaction commits (bit per loop) */
 static uint32 wake_pending = 0;
 static bool wake_callback_registered = false;
 static char wake_dbname[NAMEDATALEN];
@@ -40,7 +44,7 @@ static Size
 shared_size(void)
 {
 	return add_size(offsetof(CertctlSchedShared, slots),
-					mul_size(shared_nslots, sizeof(LoopSlot)));
+					mul_size(shared_ndb * CERTCTL_SCHED_NLOOPS, sizeof(LoopSlot)));
 }
 
 static void
@@ -73,19 +77,15 @@ shmem_startup(void)
 	certctl_sched_shared = ShmemInitStruct("certctl_sched", shared_size(), &found);
 	if (!found)
 	{
-		char		dbnames[CERTCTL_SCHED_MAX_DATABASES][NAMEDATALEN];
-		int			ndb = certctl_sched_database_list(dbnames, CERTCTL_SCHED_MAX_DATABASES);
-
 		memset(certctl_sched_shared, 0, shared_size());
 		certctl_sched_shared->lock = &(GetNamedLWLockTranche("certctl_sched"))->lock;
-		certctl_sched_shared->nslots = shared_nslots;
-		for (int i = 0; i < shared_nslots && ndb > 0; i++)
+		certctl_sched_shared->nslots = shared_ndb * CERTCTL_SCHED_NLOOPS;
+		for (int i = 0; i < certctl_sched_shared->nslots; i++)
 		{
 			LoopSlot   *slot = &certctl_sched_shared->slots[i];
 
 			slot->loop = i % CERTCTL_SCHED_NLOOPS;
-			strlcpy(slot->dbname, dbnames[i / CERTCTL_SCHED_NLOOPS], NAMEDATALEN);
-			slot->dboid = InvalidOid;
+			strlcpy(slot->dbname, shared_dbnames[i / CERTCTL_SCHED_NLOOPS], NAMEDATALEN);
 			slot->state = LOOP_STOPPED;
 			slot->interval_ms = certctl_sched_interval_ms[slot->loop];
 		}
@@ -93,11 +93,16 @@ shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* Called from _PG_init while preloading: sizes the slot array and installs the hooks. */
+/*
+ * Called from _PG_init while preloading: one slot per loop for each of the
+ * ndb databases (slot d * NLOOPS + loop), and the hooks that create them.
+ */
 void
-certctl_sched_shmem_install_hooks(int nslots)
+certctl_sched_status_request(int ndb, char dbnames[][NAMEDATALEN])
 {
-	shared_nslots = nslots;
+	shared_ndb = ndb;
+	for (int d = 0; d < ndb; d++)
+		strlcpy(shared_dbnames[d], dbnames[d], NAMEDATALEN);
 #ifdef CERTCTL_SCHED_HAVE_SHMEM_REQUEST_HOOK
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shmem_request;
@@ -109,9 +114,9 @@ certctl_sched_shmem_install_hooks(int nslots)
 }
 
 /*
- * Returns the slot of a loop in a database (by OID when the worker has
- * connected, else by name), or NULL.  Caller holds the lock or accepts a
- * racy answer; slots are never freed, so the pointer stays valid.
+ * Returns the slot of a loop in a database (by OID when its worker has
+ * connected, else by name), or NULL.  Slots are never freed, so the pointer
+ * stays valid.
  */
 LoopSlot *
 certctl_sched_find_slot(Oid dboid, const char *dbname, int loop)
@@ -129,6 +134,103 @@ certctl_sched_find_slot(Oid dboid, const char *dbname, int loop)
 			return slot;
 	}
 	return NULL;
+}
+
+/*
+ * Returns the current database's slot of a loop, or NULL when the database
+ * is not in certctl_sched.database.  Outside a transaction (a worker between
+ * runs) only a slot whose worker has connected is found.
+ */
+LoopSlot *
+certctl_sched_my_slot(int loop)
+{
+	LoopSlot   *slot;
+
+	if (certctl_sched_shared == NULL)
+		return NULL;
+	slot = certctl_sched_find_slot(MyDatabaseId, NULL, loop);
+	if (slot == NULL && IsTransactionState())
+		slot = certctl_sched_find_slot(InvalidOid, get_database_name(MyDatabaseId), loop);
+	return slot;
+}
+
+/* Sets the state, next due time and interval loop_status() shows. */
+void
+certctl_sched_slot_set_state(LoopSlot *slot, LoopState state, TimestampTz next_run, int interval_ms)
+{
+	LWLockAcquire(certctl_sched_shared->lock, LW_EXCLUSIVE);
+	slot->state = state;
+	slot->next_run = next_run;
+	slot->interval_ms = interval_ms;
+	LWLockRelease(certctl_sched_shared->lock);
+}
+
+/* Sets the error loop_status() shows (for a failure outside a run, e.g. reading the loop's state). */
+void
+certctl_sched_slot_set_error(LoopSlot *slot, const char *error)
+{
+	LWLockAcquire(certctl_sched_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->last_error, error, sizeof(slot->last_error));
+	LWLockRelease(certctl_sched_shared->lock);
+}
+
+/* Marks a run as started in the loop's status.  slot may be NULL. */
+void
+certctl_sched_record_start(LoopSlot *slot, TimestampTz started)
+{
+	if (slot == NULL)
+		return;
+	LWLockAcquire(certctl_sched_shared->lock, LW_EXCLUSIVE);
+	slot->last_started = started;
+	slot->last_rows = 0;
+	LWLockRelease(certctl_sched_shared->lock);
+}
+
+/* Publishes the rows a run has committed so far.  slot may be NULL. */
+void
+certctl_sched_record_progress(LoopSlot *slot, int64 rows)
+{
+	if (slot == NULL)
+		return;
+	LWLockAcquire(certctl_sched_shared->lock, LW_EXCLUSIVE);
+	slot->last_rows = rows;
+	LWLockRelease(certctl_sched_shared->lock);
+}
+
+/*
+ * Records the outcome of a run, or of a skipped tick, in the loop's status
+ * and counters.  slot may be NULL (library not preloaded, or a database
+ * without workers).
+ */
+void
+certctl_sched_record_outcome(LoopSlot *slot, TimestampTz started, TimestampTz finished,
+							 const RunOutcome *outcome)
+{
+	if (slot == NULL)
+		return;
+	LWLockAcquire(certctl_sched_shared->lock, LW_EXCLUSIVE);
+	if (outcome->result == RESULT_SKIPPED_LOCKED)
+	{
+		slot->skipped_locked++;
+		slot->last_result = RESULT_SKIPPED_LOCKED;
+	}
+	else
+	{
+		slot->runs++;
+		slot->last_started = started;
+		slot->last_finished = finished;
+		slot->last_result = outcome->result;
+		slot->last_rows = outcome->rows;
+		strlcpy(slot->last_error, outcome->error, sizeof(slot->last_error));
+		/* a run stopped by shutdown between batches is neither a success nor a failure */
+		if (outcome->result == RESULT_OK)
+			slot->successes++;
+		else if (outcome->result != RESULT_INTERRUPTED)
+			slot->failures++;
+		if (outcome->timed_out)
+			slot->timeouts++;
+	}
+	LWLockRelease(certctl_sched_shared->lock);
 }
 
 /*
@@ -187,6 +289,7 @@ certctl_sched_wake_at_commit(int loop)
 		wake_pending |= 1U << loop;
 }
 
+/* Returns the SQL name of a worker state. */
 const char *
 certctl_sched_state_name(LoopState state)
 {
@@ -206,6 +309,8 @@ certctl_sched_state_name(LoopState state)
 			return "paused";
 		case LOOP_WAITING_FOR_EXTENSION:
 			return "waiting_for_extension";
+		case LOOP_ERROR:
+			return "error";
 	}
 	return "unknown";
 }

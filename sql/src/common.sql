@@ -1,0 +1,142 @@
+--
+-- Loop bodies: certctl's database-side scheduler work, one batch per call
+--
+-- Each loop has an internal body, certctl_sched._<loop>_batch(now, batch_size, after, threshold), that the runners
+-- (the workers, run_loop() and run()) call batch after batch, and a documented two-argument form that calls it for
+-- one batch from the start of the table.  A body takes the run's time ("now", the tick, so that runs and tests are
+-- deterministic), a batch size and "after", the last key the previous batch of the run claimed (NULL for the first),
+-- does at most one batch of work in the caller's transaction, and returns:
+--   claimed          the rows it claimed (at most batch_size; fewer means it reached the end of the table),
+--   acted            the rows it changed,
+--   last_key         the last key it claimed, where the next batch resumes,
+--   skipped          claimed rows it cannot process (bad data), left unchanged and reported by the runner,
+--   skipped_example  one of them, and why.
+-- Only rows that need a change the body can make are claimed, in primary-key order, one window of keys at a time:
+-- a run reads each row once, whatever the planner estimates, and its cost grows linearly with the table.
+--
+-- Rights: the runners call the bodies with the rights of the role owning certctl's tables, in a security-restricted
+-- operation; anyone may call them, with their own rights.
+--
+-- Concurrency: the bodies require READ COMMITTED.  Rows are claimed with SKIP LOCKED, so concurrent runners split
+-- the work instead of queueing behind each other, and the row lock is held until the caller's transaction ends.
+-- Every PL/pgSQL statement takes a fresh snapshot, so the statements after a claim see whatever a concurrent runner
+-- committed before we got the lock; every state change is conditional on the state that was read (never a full-row
+-- rewrite), so a concurrent revocation, renewal or heartbeat wins over the loop.
+--
+-- Plans: a body's statements read one batch of rows, or one window of primary keys, and reach every other row by an
+-- index probe.  The bodies run with enable_hashjoin, enable_mergejoin, enable_material and enable_bitmapscan off (the
+-- Makefile's BODY_SETTINGS, written into each), so that the planner never trades those probes for a scan of a whole table
+-- or of a whole secondary index (a bitmap of every pending job or stale agent, ANDed with the window), which its cost
+-- model prefers for a few thousand random probes into tables of 10^4 to 10^5 rows: a scan per batch would make a run
+-- quadratic in the table.  And with jit off: every statement is planned for one execution, for which JIT compilation
+-- costs more than it saves.
+--
+-- certctl's tables are reached by dynamic SQL in the schema named by certctl_sched.certctl_schema.  certctl's Go
+-- code writes CamelCase status literals while its column defaults and seed data are lowercase: statuses and types
+-- are read case-insensitively and written as certctl's CamelCase literals.  New rows get certctl's ID prefixes
+-- followed by a random UUID, unique across processes (certctl's own IDs are nanosecond timestamps).
+--
+
+-- Common prologue of the loop bodies: validates the arguments and the transaction's isolation level, checks that the
+-- named certctl tables exist, and returns the (unquoted) name of the schema that holds them.
+CREATE OR REPLACE FUNCTION certctl_sched._check_args(now timestamptz, batch_size integer, tables text[])
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	certctl_schema text := coalesce(nullif(current_setting('certctl_sched.certctl_schema', true), ''), 'public');
+	tbl text;
+BEGIN
+	IF now IS NULL OR NOT isfinite(now) THEN
+		RAISE EXCEPTION 'now must be a finite timestamp'
+			USING ERRCODE = 'invalid_parameter_value',
+				DETAIL = format('now is %s.', coalesce(now::text, 'null'));
+	END IF;
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be at least 1'
+			USING ERRCODE = 'invalid_parameter_value',
+				DETAIL = format('batch_size is %s.', coalesce(batch_size::text, 'null'));
+	END IF;
+	-- the claim-then-recheck pattern relies on each statement seeing what concurrent runners committed before it
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'certctl_sched loop bodies must run in a READ COMMITTED transaction'
+			USING ERRCODE = 'invalid_transaction_state',
+				DETAIL = format('The transaction isolation level is %s.', upper(current_setting('transaction_isolation'))),
+				HINT = 'Call the loop body in a READ COMMITTED transaction, e.g. through certctl_sched.run_loop().';
+	END IF;
+	FOREACH tbl IN ARRAY tables LOOP
+		IF to_regclass(format('%I.%I', certctl_schema, tbl)) IS NULL THEN
+			RAISE EXCEPTION 'certctl table "%.%" does not exist', certctl_schema, tbl
+				USING ERRCODE = 'undefined_table',
+					HINT = 'Set certctl_sched.certctl_schema to the schema that holds certctl''s tables.';
+		END IF;
+	END LOOP;
+	RETURN certctl_schema;
+END
+$$;
+
+-- The alert thresholds of a renewal policy (renewal_policies.alert_thresholds_days), as certctl's
+-- EffectiveAlertThresholds reads them: a non-empty JSON array of integers is used as is (duplicates removed), an empty
+-- array or JSON null means the defaults 30, 14, 7 and 0 days.  Returns NULL for anything else (malformed), for which
+-- the caller also uses the defaults and warns.
+CREATE OR REPLACE FUNCTION certctl_sched._alert_thresholds(thresholds jsonb)
+RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE
+	WHEN thresholds IS NULL OR jsonb_typeof(thresholds) = 'null' THEN '{30,14,7,0}'::bigint[]
+	WHEN jsonb_typeof(thresholds) <> 'array' THEN NULL
+	WHEN jsonb_array_length(thresholds) = 0 THEN '{30,14,7,0}'::bigint[]
+	-- integers only, as Go's json.Unmarshal into []int: no fractions, strings or exponents; 18 digits fit int64
+	WHEN EXISTS (SELECT FROM jsonb_array_elements(thresholds) AS e
+				 WHERE jsonb_typeof(e) <> 'number' OR e::text !~ '^-?[0-9]{1,18}$') THEN NULL
+	ELSE ARRAY(SELECT DISTINCT e::text::bigint FROM jsonb_array_elements(thresholds) AS e ORDER BY 1 DESC)
+END
+$$;
+
+-- The upper end of the next window of primary keys of a certctl table: the largest of the next `size` ids after
+-- `after`, or NULL past the end.
+CREATE OR REPLACE FUNCTION certctl_sched._key_window(certctl_schema text, tbl text, after text, size integer)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	hi text;
+BEGIN
+	EXECUTE format('SELECT max(id) FROM (SELECT id FROM %I.%I WHERE id > $1 ORDER BY id LIMIT $2) w', certctl_schema, tbl)
+	INTO hi
+	USING after, size;
+	RETURN hi;
+END
+$$;
+
+-- Claims up to batch_size rows of certctl table tbl whose primary key sorts after `after` (NULL: from the start),
+-- scanning one window of keys at a time, so that each statement reads a bounded key range in key order whatever the
+-- planner thinks of the claim's selectivity.  claim is a query over one window that locks what it claims; it takes $1
+-- now, $2 the rows still wanted, $3 and $4 the window's bounds (lower exclusive, upper inclusive), and returns one row:
+-- the claimed keys in key order (text[]) and, optionally, one text of information per key.  Returns them all.
+CREATE OR REPLACE FUNCTION certctl_sched._claim_windows(certctl_schema text, tbl text, claim text, now timestamptz,
+	batch_size integer, after text, OUT ids text[], OUT info text[])
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	lo text := coalesce(after, '');
+	hi text;
+	more_ids text[];
+	more_info text[];
+BEGIN
+	LOOP
+		hi := certctl_sched._key_window(certctl_schema, tbl, lo, batch_size * 10);
+		EXIT WHEN hi IS NULL;
+		EXECUTE claim INTO more_ids, more_info USING now, batch_size - coalesce(cardinality(ids), 0), lo, hi;
+		ids := ids || more_ids;
+		info := info || more_info;
+		EXIT WHEN coalesce(cardinality(ids), 0) >= batch_size;
+		lo := hi;
+	END LOOP;
+END
+$$;

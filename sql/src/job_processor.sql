@@ -1,0 +1,185 @@
+-- Job processor (certctl's JobService.ProcessPendingJobs), agent key-generation mode, for one batch of jobs.
+--
+-- Claims due Pending jobs (scheduled_at null or not after now) of type Renewal, Issuance or Deployment, in primary-key
+-- order.  Renewal and Issuance: a missing certificate or issuer, or a disabled issuer, fails the job
+-- with certctl's error text; otherwise the job becomes AwaitingCSR (attempts counted, started_at set) for the agent to
+-- submit a CSR, the certificate becomes RenewalInProgress (unless it is Revoked or Archived: unlike certctl, never
+-- resurrect those) and renewal_awaiting_csr is audited.  Deployment: a missing certificate, target or agent fails the
+-- job; an agent whose last heartbeat is more than 5 minutes old fails it with a DeploymentFailure notification and a
+-- deployment_job_failed audit; otherwise the job gets its target's agent_id and stays Pending, where that agent's work
+-- poll finds it (certctl moves it to Running, out of the agents' reach), with one deployment_job_dispatched audit.  A
+-- dispatched job is claimed again only if its agent goes offline.  Failed jobs keep attempts and completed_at as they
+-- were, as in certctl.  Validation and unknown types are never claimed: they are counted in one notice per run (by its
+-- last, short batch).
+-- Each claimed job leaves the claimable set.
+--
+-- Concurrency: the claim is FOR UPDATE SKIP LOCKED, so concurrent runners never process the same job; job updates
+-- also require the job to be still pending.  The certificate update waits for a concurrent writer of the row and
+-- then re-checks its condition against the latest version, so a concurrent revocation is never overwritten.
+CREATE OR REPLACE FUNCTION certctl_sched._job_processor_batch(now timestamptz, batch_size integer, after text,
+	threshold interval, OUT claimed integer, OUT acted integer, OUT last_key text, OUT skipped integer,
+	OUT skipped_example text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+@BODY_SETTINGS@
+AS $body$
+DECLARE
+	s text := certctl_sched._check_args(now, batch_size, ARRAY['jobs', 'managed_certificates', 'issuers',
+		'deployment_targets', 'agents', 'owners', 'notification_events', 'audit_events']);
+	claimed_ids text[];
+	waiting bigint;
+	waiting_types text;
+BEGIN
+	skipped := 0;
+	-- 1. claim a batch of due jobs this loop handles
+	SELECT w.ids INTO claimed_ids
+	FROM certctl_sched._claim_windows(s, 'jobs', format($q$
+			SELECT array_agg(b.id ORDER BY b.id), NULL::text[]
+			FROM (
+				SELECT j.id
+				FROM %1$I.jobs j
+				WHERE lower(j.status) = 'pending'
+					AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
+					AND (lower(j.type) IN ('renewal', 'issuance')
+						OR (lower(j.type) = 'deployment'
+							AND (j.agent_id IS NULL
+								OR EXISTS (SELECT FROM %1$I.agents a
+										   WHERE a.id = j.agent_id
+											   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
+					AND j.id > $3 AND j.id <= $4
+				ORDER BY j.id
+				LIMIT $2
+				FOR UPDATE OF j SKIP LOCKED
+			) b$q$, s), now, batch_size, after) w;
+	claimed := coalesce(cardinality(claimed_ids), 0);
+	last_key := claimed_ids[claimed];
+	acted := 0;
+
+	IF claimed > 0 THEN
+		-- 2. decide each job's outcome and apply it: job, certificate, notification and audit in one statement
+		EXECUTE format($q$
+			WITH x AS MATERIALIZED (
+				SELECT j.id, j.certificate_id, j.target_id, t.name AS target_name, a.id AS agent_id,
+					lower(j.type) IN ('renewal', 'issuance') AS renewal,
+					c.common_name,
+					coalesce(nullif(o.email, ''), c.owner_id) AS recipient,
+					CASE
+						WHEN j.certificate_id IS NULL THEN 'certificate fetch failed: job has no certificate_id'
+						WHEN c.id IS NULL THEN 'certificate fetch failed: certificate ' || j.certificate_id || ' not found'
+						WHEN lower(j.type) IN ('renewal', 'issuance') THEN
+							CASE
+								WHEN c.issuer_id = '' THEN 'certificate has no issuer assigned'
+								WHEN i.id IS NULL OR NOT i.enabled THEN 'issuer connector not found for ' || c.issuer_id
+							END
+						WHEN j.target_id IS NULL THEN 'target_id not found in job'
+						WHEN t.id IS NULL THEN 'target fetch failed: target ' || j.target_id || ' not found'
+						WHEN a.id IS NULL
+							THEN 'agent fetch failed: agent ' || coalesce(j.agent_id, t.agent_id) || ' not found'
+						WHEN a.last_heartbeat_at < $1 - interval '5 minutes' THEN 'agent is offline'
+					END AS error
+				FROM unnest($3::text[]) AS k(id)
+				-- one primary-key probe per claimed job, whatever the planner makes of the table's size
+				CROSS JOIN LATERAL (SELECT * FROM %1$I.jobs j WHERE j.id = k.id OFFSET 0) j
+				LEFT JOIN %1$I.managed_certificates c ON c.id = j.certificate_id
+				LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
+				LEFT JOIN %1$I.deployment_targets t ON t.id = j.target_id
+				LEFT JOIN %1$I.agents a ON a.id = coalesce(j.agent_id, t.agent_id)
+				LEFT JOIN %1$I.owners o ON o.id = c.owner_id
+				WHERE lower(j.status) = 'pending'
+			),
+			uj AS (
+				UPDATE %1$I.jobs u
+				SET status = CASE
+						WHEN x.error IS NOT NULL THEN 'Failed'
+						WHEN x.renewal THEN 'AwaitingCSR'
+						ELSE u.status
+					END,
+					last_error = CASE
+						WHEN x.error IS NOT NULL THEN x.error
+						WHEN x.renewal THEN NULL
+						ELSE u.last_error
+					END,
+					attempts = u.attempts + CASE WHEN x.error IS NULL AND x.renewal THEN 1 ELSE 0 END,
+					started_at = CASE WHEN x.error IS NULL AND x.renewal THEN $1 ELSE u.started_at END,
+					agent_id = CASE WHEN x.error IS NULL AND NOT x.renewal THEN x.agent_id ELSE u.agent_id END
+				FROM x
+				WHERE u.id = x.id AND lower(u.status) = 'pending'
+			),
+			uc AS (
+				UPDATE %1$I.managed_certificates u
+				SET status = 'RenewalInProgress', updated_at = $1
+				FROM x
+				WHERE x.renewal AND x.error IS NULL
+					AND u.id = x.certificate_id
+					-- re-checked against the latest row version: a concurrent revocation or archival wins
+					AND lower(u.status) NOT IN ('renewalinprogress', 'revoked', 'archived')
+			),
+			n AS (
+				INSERT INTO %1$I.notification_events (id, type, certificate_id, channel, recipient, message, sent_at,
+					status)
+				SELECT 'notif-' || gen_random_uuid(), 'DeploymentFailure', x.certificate_id, 'Email', x.recipient,
+					'The certificate for ' || x.common_name || ' failed to deploy to ' || x.target_name
+						|| E'.\n\nError: agent offline\n\nPlease investigate.',
+					NULL, 'pending'
+				FROM x WHERE x.error = 'agent is offline'
+			),
+			au AS (
+				INSERT INTO %1$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details,
+					timestamp)
+				SELECT 'audit-' || gen_random_uuid(), 'system', 'System', v.action, 'certificate', x.certificate_id,
+					v.details, $1
+				FROM x
+				CROSS JOIN LATERAL (
+					SELECT 'renewal_awaiting_csr' AS action,
+						jsonb_build_object('job_id', x.id, 'keygen_mode', 'agent') AS details
+					WHERE x.renewal AND x.error IS NULL
+					UNION ALL
+					SELECT 'deployment_job_failed',
+						jsonb_build_object('job_id', x.id, 'reason', 'agent offline', 'target_id', x.target_id)
+					WHERE x.error = 'agent is offline'
+					UNION ALL
+					SELECT 'deployment_job_dispatched',
+						jsonb_build_object('job_id', x.id, 'target_id', x.target_id, 'agent_id', x.agent_id)
+					WHERE NOT x.renewal AND x.error IS NULL
+				) v
+			)
+			SELECT count(*) FROM x$q$, s)
+		INTO acted
+		USING now, batch_size, claimed_ids;
+	END IF;
+
+	-- 3. due jobs no loop handles stay Pending (as in certctl), reported rather than re-errored on every tick; counted
+	-- once per run, by its last (short) batch
+	IF claimed >= batch_size THEN
+		RETURN;
+	END IF;
+	EXECUTE format($q$
+		SELECT sum(n), string_agg(format('%%s (%%s)', type, n), ', ' ORDER BY type)
+		FROM (
+			SELECT j.type, count(*) AS n
+			FROM %1$I.jobs j
+			WHERE lower(j.status) = 'pending'
+				AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
+				AND lower(j.type) NOT IN ('renewal', 'issuance', 'deployment')
+			GROUP BY j.type
+		) w$q$, s)
+	INTO waiting, waiting_types
+	USING now;
+	IF waiting > 0 THEN
+		RAISE NOTICE '% pending jobs have a type the job processor does not handle', waiting
+			USING DETAIL = format('Job types: %s.', waiting_types),
+				HINT = 'Validation jobs and jobs of unknown types stay Pending, as in certctl.';
+	END IF;
+
+END
+$body$;
+
+-- The job processor for one batch from the start of the table: the jobs claimed (see _job_processor_batch).
+CREATE OR REPLACE FUNCTION certctl_sched.process_pending_jobs(now timestamptz, batch_size integer)
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT claimed FROM certctl_sched._job_processor_batch(now, batch_size, NULL, NULL)
+$$;
+

@@ -1,0 +1,212 @@
+-- Renewal check (certctl's RenewalService.CheckExpiringCertificates), for one batch of certificates.
+--
+-- Candidates are certificates expiring within certctl's 31-day window, neither RenewalInProgress nor Archived, that
+-- need at least one of:
+--   a status transition: Expired at or after expires_at, else Expiring (never from RenewalInProgress, Archived or
+--   Revoked);
+--   threshold alerts: an ExpirationWarning notification (channel Email, status pending, for the notifications loop
+--   to deliver) plus an expiration_alert_sent audit for each threshold of the policy that the days left (truncated
+--   toward zero) have reached and that has no alert yet for this certificate, threshold and expiry date, whoever
+--   wrote it (certctl's own rows count; a renewed certificate, with a new expiry date, alerts again); never for
+--   Revoked certificates;
+--   a renewal job: policy auto_renew, inside the policy's renewal_window_days, issuer present and enabled, not
+--   Revoked, and no active (Pending, Running, AwaitingCSR, AwaitingApproval) Renewal job for the certificate; the
+--   job is created Pending with max_attempts 3, the certificate becomes RenewalInProgress (instead of Expiring or
+--   Expired: the job's own state is the more specific one, and certctl ends in that state too), audit
+--   renewal_job_created.
+-- A certificate whose only "need" cannot be met (issuer disabled, manual policy) is no candidate, so it is never
+-- re-picked.
+--
+-- Concurrency: statement 1 claims the batch with FOR NO KEY UPDATE SKIP LOCKED; the certificate's row lock is the
+-- per-certificate mutex that certctl lacks (it does not block the foreign-key checks of inserted jobs and
+-- notifications).  Statement 2 re-evaluates the needs with a fresh snapshot, taken after the locks were granted, so
+-- alerts and jobs a concurrent runner committed are seen and never duplicated; the status update is conditional on
+-- the status read at the claim.
+CREATE OR REPLACE FUNCTION certctl_sched._renewal_batch(now timestamptz, batch_size integer, after text,
+	threshold interval, OUT claimed integer, OUT acted integer, OUT last_key text, OUT skipped integer,
+	OUT skipped_example text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+@BODY_SETTINGS@
+AS $body$
+DECLARE
+	s text := certctl_sched._check_args(now, batch_size, ARRAY['managed_certificates', 'renewal_policies', 'issuers',
+		'owners', 'jobs', 'notification_events', 'audit_events']);
+	-- renewal policies with their effective thresholds, evaluated once per statement
+	policies text := format($q$
+		p AS MATERIALIZED (
+			SELECT id, auto_renew, renewal_window_days,
+				certctl_sched._alert_thresholds(alert_thresholds_days) AS parsed_thresholds
+			FROM %I.renewal_policies)$q$, s);
+	-- a certificate (c, whose source each statement names first) with its policy (p), issuer (i), derived values (e)
+	-- and needs (d), read in the statement's snapshot; the claim and the actions evaluate the same definitions
+	certs text := format($q$
+		LEFT JOIN p ON p.id = c.renewal_policy_id
+		LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
+		CROSS JOIN LATERAL (
+			SELECT lower(c.status) AS ls,
+				lower(c.status) NOT IN ('renewalinprogress', 'archived', 'revoked') AS workable,
+				CASE WHEN c.expires_at <= $1 THEN 'Expired' ELSE 'Expiring' END AS new_status,
+				(extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400 AS days,
+				trunc((extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400)::bigint AS days_int,
+				to_char(c.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS expiry_date,
+				coalesce(p.parsed_thresholds, '{30,14,7,0}') AS thresholds
+		) e
+		CROSS JOIN LATERAL (
+			SELECT e.workable AND e.ls <> lower(e.new_status) AS transition,
+				CASE WHEN e.workable THEN ARRAY(
+					SELECT t FROM unnest(e.thresholds) AS t
+					WHERE e.days_int <= t
+						AND NOT EXISTS (
+							SELECT FROM %1$I.notification_events n
+							WHERE n.certificate_id = c.id
+								AND lower(replace(n.type, '_', '')) = 'expirationwarning'
+								AND strpos(n.message, '[threshold:' || t || ']') > 0
+								AND strpos(n.message, '(' || e.expiry_date || ')') > 0
+							OFFSET 0)	-- a per-row index probe, never a hashed scan of the whole table
+					ORDER BY t DESC)
+				ELSE '{}' END AS due_thresholds,
+				coalesce(e.workable AND p.auto_renew
+					AND c.expires_at <= $1 + make_interval(days => p.renewal_window_days)
+					AND i.enabled
+					AND NOT EXISTS (
+						SELECT FROM %1$I.jobs j
+						WHERE j.certificate_id = c.id
+							AND lower(j.type) = 'renewal'
+							AND lower(j.status) IN ('pending', 'running', 'awaitingcsr', 'awaitingapproval')
+						OFFSET 0),	-- a per-row index probe, never a hashed scan of the whole table
+					false) AS renew
+		) d$q$, s);
+	-- the claimed certificates, with the status read at the claim
+	claimed_rows text := $q$
+		k AS (SELECT * FROM unnest($3::text[], $4::text[]) AS k(id, status_read))$q$;
+	claimed_ids text[];
+	claimed_status text[];
+	malformed text[];
+BEGIN
+	skipped := 0;
+	-- once per run, in its first batch: policies of certificates in the window whose thresholds cannot be read (the
+	-- defaults apply)
+	IF after IS NULL THEN
+		EXECUTE format($q$
+			SELECT array_agg(p.id ORDER BY p.id) FROM %1$I.renewal_policies p
+			WHERE certctl_sched._alert_thresholds(p.alert_thresholds_days) IS NULL
+				AND EXISTS (SELECT FROM %1$I.managed_certificates c
+							WHERE c.renewal_policy_id = p.id AND c.expires_at < $1 + interval '31 days'
+								AND lower(c.status) NOT IN ('renewalinprogress', 'archived', 'revoked'))$q$, s)
+		INTO malformed
+		USING now;
+		IF malformed IS NOT NULL THEN
+			RAISE WARNING 'ignoring malformed alert_thresholds_days of renewal policies %',
+				array_to_string(ARRAY(SELECT format('"%s"', m) FROM unnest(malformed) AS m), ', ')
+				USING DETAIL = 'alert_thresholds_days must be a JSON array of integers; '
+						'the default thresholds of 30, 14, 7 and 0 days are used instead.',
+					HINT = 'Correct alert_thresholds_days of these renewal policies.';
+		END IF;
+	END IF;
+
+	-- 1. claim a batch of certificates that need something, with the status read
+	SELECT w.ids, w.info INTO claimed_ids, claimed_status
+	FROM certctl_sched._claim_windows(s, 'managed_certificates', format($q$
+		WITH %2$s
+		SELECT array_agg(b.id ORDER BY b.id), array_agg(b.ls ORDER BY b.id)
+		FROM (
+			SELECT c.id, e.ls
+			FROM %3$I.managed_certificates c
+			%1$s
+			WHERE c.expires_at < $1 + interval '31 days'
+				AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
+				AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
+				AND c.id > $3 AND c.id <= $4
+			ORDER BY c.id
+			LIMIT $2
+			FOR NO KEY UPDATE OF c SKIP LOCKED
+		) b$q$, certs, policies, s), now, batch_size, after) w;
+	claimed := coalesce(cardinality(claimed_ids), 0);
+	last_key := claimed_ids[claimed];
+	acted := 0;
+	IF claimed = 0 THEN
+		RETURN;
+	END IF;
+
+	-- 2. act on the claimed certificates, their needs re-checked in a fresh snapshot (taken after the claim's locks
+	-- were granted): one notification and one audit row per due threshold; the renewal job with its audit row; the
+	-- status, conditional on the status read at the claim
+	EXECUTE format($q$
+		WITH %2$s, %3$s,
+		v AS MATERIALIZED (
+			SELECT c.id, c.common_name, c.owner_id, k.status_read, e.new_status, e.days, e.days_int, e.expiry_date,
+				d.transition, d.renew, d.due_thresholds
+			FROM k
+			-- one primary-key probe per claimed certificate, whatever the planner makes of the table's size
+			CROSS JOIN LATERAL (SELECT * FROM %4$I.managed_certificates c WHERE c.id = k.id OFFSET 0) c
+			%1$s
+			WHERE k.status_read = e.ls
+		),
+		a AS MATERIALIZED (
+			SELECT v.id AS certificate_id, v.common_name, t.threshold, v.days_int, v.expiry_date,
+				coalesce(nullif(o.email, ''), v.owner_id) AS recipient
+			FROM v
+			LEFT JOIN %4$I.owners o ON o.id = v.owner_id
+			CROSS JOIN LATERAL unnest(v.due_thresholds) AS t(threshold)
+		),
+		n AS (
+			INSERT INTO %4$I.notification_events (id, type, certificate_id, channel, recipient, message, sent_at, status)
+			SELECT 'notif-' || gen_random_uuid(), 'ExpirationWarning', a.certificate_id, 'Email', a.recipient,
+				CASE WHEN a.threshold <= 0
+					THEN '[EXPIRED] The certificate for ' || a.common_name || ' has expired (' || a.expiry_date
+						|| E').\n\nImmediate action required.\n\n[threshold:' || a.threshold || ']'
+					ELSE 'The certificate for ' || a.common_name || ' will expire in ' || a.days_int || ' days ('
+						|| a.expiry_date || E').\n\nPlease schedule renewal.\n\n[threshold:' || a.threshold || ']'
+				END,
+				NULL, 'pending'
+			FROM a
+		),
+		na AS (
+			INSERT INTO %4$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details,
+				timestamp)
+			SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'expiration_alert_sent', 'certificate',
+				a.certificate_id, jsonb_build_object('threshold_days', a.threshold, 'days_until_expiry', a.days_int), $1
+			FROM a
+		),
+		x AS MATERIALIZED (
+			SELECT v.id, v.status_read, v.new_status, v.days, v.renew,
+				CASE WHEN v.renew THEN 'job-' || gen_random_uuid() END AS job_id
+			FROM v
+			WHERE v.transition OR v.renew
+		),
+		j AS (
+			INSERT INTO %4$I.jobs (id, type, certificate_id, target_id, status, attempts, max_attempts, last_error,
+				scheduled_at, started_at, completed_at, created_at)
+			SELECT x.job_id, 'Renewal', x.id, NULL, 'Pending', 0, 3, NULL, $1, NULL, NULL, $1
+			FROM x WHERE x.renew
+		),
+		ja AS (
+			INSERT INTO %4$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details,
+				timestamp)
+			SELECT 'audit-' || gen_random_uuid(), 'system', 'System', 'renewal_job_created', 'certificate', x.id,
+				jsonb_build_object('days_until_expiry', x.days::float8, 'job_id', x.job_id), $1
+			FROM x WHERE x.renew
+		),
+		u AS (
+			UPDATE %4$I.managed_certificates u
+			SET status = CASE WHEN x.renew THEN 'RenewalInProgress' ELSE x.new_status END,
+				updated_at = $1
+			FROM x
+			WHERE u.id = x.id AND lower(u.status) = x.status_read
+		)
+		SELECT count(*) FROM v$q$, certs, policies, claimed_rows, s)
+	INTO acted
+	USING now, batch_size, claimed_ids, claimed_status;
+END
+$body$;
+
+-- The renewal check for one batch from the start of the table: the rows claimed (see _renewal_batch).
+CREATE OR REPLACE FUNCTION certctl_sched.check_expiring_certificates(now timestamptz, batch_size integer)
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT claimed FROM certctl_sched._renewal_batch(now, batch_size, NULL, NULL)
+$$;
+

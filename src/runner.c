@@ -27,6 +27,7 @@
 #include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -281,6 +282,20 @@ release_lock(RunContext *ctx)
 }
 
 /*
+ * Makes the current step's commit local (worker and procedure: their own
+ * transactions).  Bookkeeping does not wait for synchronous replication: its
+ * loss at a failover is harmless, and a run must be able to record that it
+ * was cancelled while the standby is gone.
+ */
+static void
+bookkeeping_commit_is_local(RunContext *ctx)
+{
+	if (ctx->mode != RUN_FUNCTION)
+		(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * First step of a run: checks that the extension's objects are current
  * (and, for a worker, that the loop is not paused), takes the lock and
  * opens the history row.  Returns whether the run goes on; if not,
@@ -292,6 +307,7 @@ open_run(RunContext *ctx)
 	ExtensionState st;
 
 	step_begin(ctx, "certctl_sched: starting run");
+	bookkeeping_commit_is_local(ctx);
 	certctl_sched_read_extension(ctx->def, &st);
 	if (!st.exists || !st.current || (st.paused && ctx->mode == RUN_WORKER))
 	{
@@ -427,6 +443,7 @@ close_run(RunContext *ctx)
 	PG_TRY();
 	{
 		step_begin(ctx, "certctl_sched: recording run");
+		bookkeeping_commit_is_local(ctx);
 		if (ctx->mode == RUN_FUNCTION)
 			certctl_sched_history_insert(ctx);
 		else
@@ -435,12 +452,11 @@ close_run(RunContext *ctx)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata = recover(ctx);
-
-		if (is_news(ctx, edata->message))
-			ereport(WARNING,
-					(errmsg("could not record the outcome of the %s run: %s", ctx->def->title, edata->message),
-					 errdetail("Its history row stays \"running\" until the loop's next run marks it as an error.")));
+		/* recover() logged the error itself (a worker, rate-limited) */
+		(void) recover(ctx);
+		ereport(WARNING,
+				(errmsg("could not record the outcome of the %s run", ctx->def->title),
+				 errdetail("Its history row stays \"running\" until the loop's next run marks it as an error.")));
 	}
 	PG_END_TRY();
 }

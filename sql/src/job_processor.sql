@@ -9,7 +9,8 @@
 -- deployment_job_failed audit; otherwise the job gets its target's agent_id and stays Pending, where that agent's work
 -- poll finds it (certctl moves it to Running, out of the agents' reach), with one deployment_job_dispatched audit.  A
 -- dispatched job is claimed again only if its agent goes offline.  Failed jobs keep attempts and completed_at as they
--- were, as in certctl.  Validation and unknown types are never claimed: they are counted in one notice per run (by its
+-- were, as in certctl.  A renewal job whose attempts is already the largest integer is claimed but skipped (counted
+-- in skipped, left Pending).  Validation and unknown types are never claimed: they are counted in one notice per run (by its
 -- last, short batch).
 -- Each claimed job leaves the claimable set.
 --
@@ -27,16 +28,20 @@ DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['jobs', 'managed_certificates', 'issuers',
 		'deployment_targets', 'agents', 'owners', 'notification_events', 'audit_events']);
 	claimed_ids text[];
+	bad text[];
 	waiting bigint;
 	waiting_types text;
 BEGIN
 	skipped := 0;
 	-- 1. claim a batch of due jobs this loop handles
-	SELECT w.ids INTO claimed_ids
+	SELECT w.ids, w.info INTO claimed_ids, bad
 	FROM certctl_sched._claim_windows(s, 'jobs', format($q$
-			SELECT array_agg(b.id ORDER BY b.id), NULL::text[]
+			SELECT array_agg(b.id ORDER BY b.id), array_agg(b.bad ORDER BY b.id)
 			FROM (
-				SELECT j.id
+				SELECT j.id,
+					-- a renewal job whose attempts cannot be counted up is skipped (counted, left Pending)
+					CASE WHEN lower(j.type) IN ('renewal', 'issuance') AND j.attempts >= 2147483647
+						THEN 'attempts is 2147483647' END AS bad
 				FROM %1$I.jobs j
 				WHERE lower(j.status) = 'pending'
 					AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
@@ -54,6 +59,10 @@ BEGIN
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;
+	SELECT count(*), min('job "' || k.id || '" (' || k.why || ')')
+	INTO skipped, skipped_example
+	FROM unnest(claimed_ids, bad) AS k(id, why)
+	WHERE k.why IS NOT NULL;
 
 	IF claimed > 0 THEN
 		-- 2. decide each job's outcome and apply it: job, certificate, notification and audit in one statement
@@ -77,7 +86,7 @@ BEGIN
 							THEN 'agent fetch failed: agent ' || coalesce(j.agent_id, t.agent_id) || ' not found'
 						WHEN a.last_heartbeat_at < $1 - interval '5 minutes' THEN 'agent is offline'
 					END AS error
-				FROM unnest($3::text[]) AS k(id)
+				FROM unnest($3::text[], $4::text[]) AS k(id, bad)
 				-- one primary-key probe per claimed job, whatever the planner makes of the table's size
 				CROSS JOIN LATERAL (SELECT * FROM %1$I.jobs j WHERE j.id = k.id OFFSET 0) j
 				LEFT JOIN %1$I.managed_certificates c ON c.id = j.certificate_id
@@ -85,7 +94,7 @@ BEGIN
 				LEFT JOIN %1$I.deployment_targets t ON t.id = j.target_id
 				LEFT JOIN %1$I.agents a ON a.id = coalesce(j.agent_id, t.agent_id)
 				LEFT JOIN %1$I.owners o ON o.id = c.owner_id
-				WHERE lower(j.status) = 'pending'
+				WHERE lower(j.status) = 'pending' AND k.bad IS NULL
 			),
 			uj AS (
 				UPDATE %1$I.jobs u
@@ -145,7 +154,7 @@ BEGIN
 			)
 			SELECT count(*) FROM x$q$, s)
 		INTO acted
-		USING now, batch_size, claimed_ids;
+		USING now, batch_size, claimed_ids, bad;
 	END IF;
 
 	-- 3. due jobs no loop handles stay Pending (as in certctl), reported rather than re-errored on every tick; counted

@@ -15,7 +15,7 @@
 --   Expired: the job's own state is the more specific one, and certctl ends in that state too), audit
 --   renewal_job_created.
 -- A certificate whose only "need" cannot be met (issuer disabled, manual policy) is no candidate, so it is never
--- re-picked.
+-- re-picked.  A certificate expiring at -infinity is claimed but skipped (counted in skipped), never computed with.
 --
 -- Concurrency: statement 1 claims the batch with FOR NO KEY UPDATE SKIP LOCKED; the certificate's row lock is the
 -- per-certificate mutex that certctl lacks (it does not block the foreign-key checks of inserted jobs and
@@ -45,10 +45,14 @@ DECLARE
 		LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
 		CROSS JOIN LATERAL (
 			SELECT lower(c.status) AS ls,
-				lower(c.status) NOT IN ('renewalinprogress', 'archived', 'revoked') AS workable,
+				isfinite(c.expires_at) AS usable,
+				isfinite(c.expires_at) AND lower(c.status) NOT IN ('renewalinprogress', 'archived', 'revoked') AS workable,
 				CASE WHEN c.expires_at <= $1 THEN 'Expired' ELSE 'Expiring' END AS new_status,
-				(extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400 AS days,
-				trunc((extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400)::bigint AS days_int,
+				-- (an infinite expiry is never computed with: its row is skipped, see usable)
+				CASE WHEN isfinite(c.expires_at)
+					THEN (extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400 END AS days,
+				CASE WHEN isfinite(c.expires_at)
+					THEN trunc((extract(epoch FROM c.expires_at) - extract(epoch FROM $1)) / 86400)::bigint END AS days_int,
 				to_char(c.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS expiry_date,
 				coalesce(p.parsed_thresholds, '{30,14,7,0}') AS thresholds
 		) e
@@ -66,8 +70,9 @@ DECLARE
 							OFFSET 0)	-- a per-row index probe, never a hashed scan of the whole table
 					ORDER BY t DESC)
 				ELSE '{}' END AS due_thresholds,
+				-- days, not a timestamp, against the window: any renewal_window_days fits (a timestamp could overflow)
 				coalesce(e.workable AND p.auto_renew
-					AND c.expires_at <= $1 + make_interval(days => p.renewal_window_days)
+					AND e.days <= p.renewal_window_days
 					AND i.enabled
 					AND NOT EXISTS (
 						SELECT FROM %1$I.jobs j
@@ -111,12 +116,12 @@ BEGIN
 		WITH %2$s
 		SELECT array_agg(b.id ORDER BY b.id), array_agg(b.ls ORDER BY b.id)
 		FROM (
-			SELECT c.id, e.ls
+			SELECT c.id, CASE WHEN e.usable THEN e.ls END AS ls
 			FROM %3$I.managed_certificates c
 			%1$s
 			WHERE c.expires_at < $1 + interval '31 days'
 				AND lower(c.status) NOT IN ('renewalinprogress', 'archived')
-				AND (d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
+				AND (NOT e.usable OR d.transition OR d.renew OR cardinality(d.due_thresholds) > 0)
 				AND c.id > $3 AND c.id <= $4
 			ORDER BY c.id
 			LIMIT $2
@@ -128,6 +133,11 @@ BEGIN
 	IF claimed = 0 THEN
 		RETURN;
 	END IF;
+	-- claimed rows with an infinite expiry (a NULL status) cannot be processed: counted and left alone
+	SELECT count(*), 'certificate "' || min(k.id) || '" (expires_at is -infinity)'
+	INTO skipped, skipped_example
+	FROM unnest(claimed_ids, claimed_status) AS k(id, status_read)
+	WHERE k.status_read IS NULL;
 
 	-- 2. act on the claimed certificates, their needs re-checked in a fresh snapshot (taken after the claim's locks
 	-- were granted): one notification and one audit row per due threshold; the renewal job with its audit row; the

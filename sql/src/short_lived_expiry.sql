@@ -2,7 +2,8 @@
 --
 -- Active or Expiring certificates at or past expires_at whose profile is short-lived (allow_short_lived and
 -- 0 < max_ttl_seconds < 3600; the profile's enabled flag is not consulted, as in certctl) become Expired, with one
--- short_lived_cert_expired audit each.
+-- short_lived_cert_expired audit each.  A certificate expiring at -infinity is claimed but skipped (counted in
+-- skipped, left unchanged).
 --
 -- Concurrency: the batch is claimed with FOR NO KEY UPDATE SKIP LOCKED, and the update re-checks the status and
 -- expiry against the latest row version, so a concurrent renewal (new expires_at) or revocation wins, and two runners
@@ -18,14 +19,17 @@ DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['managed_certificates', 'certificate_profiles',
 		'audit_events']);
 	claimed_ids text[];
+	bad text[];
 BEGIN
 	skipped := 0;
 	-- 1. claim a batch of expired short-lived certificates
-	SELECT w.ids INTO claimed_ids
+	SELECT w.ids, w.info INTO claimed_ids, bad
 	FROM certctl_sched._claim_windows(s, 'managed_certificates', format($q$
-		SELECT array_agg(b.id ORDER BY b.id), NULL::text[]
+		SELECT array_agg(b.id ORDER BY b.id), array_agg(b.bad ORDER BY b.id)
 		FROM (
-			SELECT c.id
+			SELECT c.id,
+				-- an infinite expiry has no time to record: skipped (counted, left unchanged)
+				CASE WHEN NOT isfinite(c.expires_at) THEN 'expires_at is -infinity' END AS bad
 			FROM %1$I.managed_certificates c
 			JOIN %1$I.certificate_profiles p ON p.id = c.certificate_profile_id
 			WHERE lower(c.status) IN ('active', 'expiring')
@@ -42,14 +46,18 @@ BEGIN
 	IF claimed = 0 THEN
 		RETURN;
 	END IF;
+	SELECT count(*), min('certificate "' || k.id || '" (' || k.why || ')')
+	INTO skipped, skipped_example
+	FROM unnest(claimed_ids, bad) AS k(id, why)
+	WHERE k.why IS NOT NULL;
 
 	-- 2. expire them, re-checked against their latest version, with one audit each
 	EXECUTE format($q$
 		WITH x AS (
 			UPDATE %1$I.managed_certificates u
 			SET status = 'Expired', updated_at = $1
-			FROM unnest($2::text[]) AS k(id)
-			WHERE u.id = k.id
+			FROM unnest($2::text[], $3::text[]) AS k(id, bad)
+			WHERE u.id = k.id AND k.bad IS NULL
 				AND lower(u.status) IN ('active', 'expiring')
 				AND u.expires_at <= $1
 			RETURNING u.id, u.certificate_profile_id, u.expires_at
@@ -67,7 +75,7 @@ BEGIN
 		)
 		SELECT count(*) FROM x$q$, s)
 	INTO acted
-	USING now, claimed_ids;
+	USING now, claimed_ids, bad;
 END
 $body$;
 

@@ -1,5 +1,7 @@
 # Workers: one per loop in pg_stat_activity, waiting for CREATE EXTENSION, DROP EXTENSION, restart after
-# pg_terminate_backend, a missing database without a restart storm, too few worker slots, no preload.
+# pg_terminate_backend, a missing database without a restart storm, several databases, an invalid database
+# list (refused by ALTER SYSTEM; in the file: no workers, one log line, the server up), too few worker slots,
+# no preload.
 use strict;
 use warnings;
 use FindBin;
@@ -80,6 +82,40 @@ ok($bad->poll_query_until('later',
 my $fatals = CertctlTest::log_count($bad, qr/FATAL:  database "later" does not exist/);
 ok($fatals >= 1 && $fatals <= 4, "at most one failed attempt per worker ($fatals)");
 $bad->stop;
+
+# several databases: a worker per loop in each, each running its loops in its own database
+my $two = PostgreSQL::Test::Cluster->new('two');
+$two->init;
+$two->append_conf('postgresql.conf', "shared_preload_libraries = 'certctl_sched'\ncertctl_sched.database = 'one, two'\n"
+	  . "max_worker_processes = 16\ncertctl_sched.job_processor_interval = '200ms'\n");
+$two->start;
+for my $db (qw(one two))
+{
+	$two->safe_psql('postgres', "CREATE DATABASE $db");
+	$two->safe_psql($db, slurp_file("$CertctlTest::srcdir/test/certctl_schema.sql") . 'CREATE EXTENSION certctl_sched');
+}
+ok($two->poll_query_until('one',
+	"SELECT count(DISTINCT database) = 2 AND bool_and(runs > 0) FROM certctl_sched.loops WHERE loop = 'job_processor'"),
+	'the loops run in both databases');
+is($two->safe_psql('one', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"), '8',
+	'four workers per database');
+is($two->safe_psql('two', "SELECT count(*) > 0 FROM certctl_sched.run_history WHERE loop = 'job_processor'"), 't',
+	'each database keeps its own history');
+
+# an invalid list of databases: ALTER SYSTEM refuses it ...
+for my $bad ("'one,one'", "'one,,two'", "''", "'" . join(',', map { "d$_" } 1 .. 17) . "'")
+{
+	my ($ret, $out, $err) = $two->psql('postgres', "ALTER SYSTEM SET certctl_sched.database = $bad");
+	like($err, qr/invalid value for parameter "certctl_sched.database"/, "ALTER SYSTEM refuses $bad");
+}
+# ... and written to the file by hand, it starts no worker: one log line, the server stays up, no other database
+$two->append_conf('postgresql.conf', "certctl_sched.database = 'one,one'\n");
+$two->restart;
+ok($two->log_contains(qr/LOG:  certctl_sched starts no workers: invalid value for parameter "certctl_sched.database": "one,one"\n.*DETAIL:  Database "one" is listed twice/),
+	'a duplicate database: one clear log line');
+is($two->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"), '0',
+	'and no worker, in no database');
+$two->stop;
 
 # too few worker slots: a log line saying how many are needed
 my $small = PostgreSQL::Test::Cluster->new('small');

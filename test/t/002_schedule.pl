@@ -1,5 +1,6 @@
 # Scheduling: fixed-rate ticks, reload of the interval, coalescing after a pause, run_now, persistent pause,
-# settings rejected by check hooks.
+# loop_control changed by plain SQL, run_now of a loop that cannot run, the enabled switch, settings rejected by
+# check hooks.
 use strict;
 use warnings;
 use FindBin;
@@ -73,8 +74,37 @@ is($node->safe_psql('certctl', qq{
 		  FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$t0') g
 	WHERE gap IS NOT NULL}), '0', 'and the grid goes on');
 
+# run_now() of a paused loop: refused, and the request does not linger until the loop is resumed
+$node->safe_psql('certctl', "SELECT certctl_sched.pause('renewal')");
+CertctlTest::poll_ok($node, "SELECT state = 'paused' FROM certctl_sched.loops WHERE loop = 'renewal'", 'renewal paused');
+my ($ret, $out, $err) = $node->psql('certctl', "SELECT certctl_sched.run_now('renewal')");
+is($out, 'f', 'run_now() of a paused loop answers false');
+like($err, qr/NOTICE:  certctl_sched "renewal" cannot run now: it is paused/, 'and says why');
+# loop_control changed by plain SQL (e.g. restored from a dump) is seen at once, like resume()
+$node->safe_psql('certctl', "UPDATE certctl_sched.loop_control SET paused = false WHERE loop = 'renewal'");
+CertctlTest::poll_ok($node, "SELECT state = 'idle' FROM certctl_sched.loops WHERE loop = 'renewal'",
+	'an UPDATE of loop_control resumes the loop');
+is($node->safe_psql('certctl',
+	"SELECT count(*) FROM certctl_sched.run_history WHERE loop = 'renewal' AND trigger = 'run_now'"), '1',
+	'the refused request was not kept: only the earlier run_now run exists');
+
+# the master switch: off, every loop is disabled and nothing runs; on, the loops run again
+$node->safe_psql('certctl', "ALTER SYSTEM SET certctl_sched.enabled = off; SELECT pg_reload_conf()");
+CertctlTest::poll_ok($node,
+	"SELECT bool_and(state = 'disabled') FROM certctl_sched.loops", 'enabled = off: every loop is disabled');
+my $t1 = $node->safe_psql('certctl', 'SELECT now()');
+$node->poll_query_until('certctl', "SELECT now() > '$t1'::timestamptz + interval '1.5 s'");
+is($node->safe_psql('certctl', "SELECT count(*) FROM certctl_sched.run_history WHERE started_at > '$t1'"), '0',
+	'and nothing runs');
+($ret, $out, $err) = $node->psql('certctl', "SELECT certctl_sched.run_now('job_processor')");
+like($err, qr/cannot run now: it is disabled/, 'run_now() says so');
+$node->safe_psql('certctl', "ALTER SYSTEM SET certctl_sched.enabled = on; SELECT pg_reload_conf()");
+CertctlTest::poll_ok($node,
+	"SELECT count(*) > 0 FROM certctl_sched.run_history WHERE loop = 'job_processor' AND started_at > '$t1'",
+	'enabled = on: the loops run again');
+
 # invalid settings are refused with a clear message, and nothing changes
-my ($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.job_processor_interval = 0");
+($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.job_processor_interval = 0");
 like($err, qr/invalid value for parameter "certctl_sched.job_processor_interval": 0\nDETAIL:  A loop interval must be positive, or -1 to disable the loop/,
 	'zero interval refused');
 ($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.notifications_interval = '1min'");

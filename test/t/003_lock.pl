@@ -9,7 +9,10 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use CertctlTest;
 
-my $node = CertctlTest::node('lock', conf => { job_processor_interval => '200ms', agent_health_interval => '200ms' });
+# (pg_stat_statements counts the workers' own statements: the lock holder is looked up only when warning)
+my $node = CertctlTest::node('lock', conf => { job_processor_interval => '200ms', agent_health_interval => '200ms' },
+	extra => "shared_preload_libraries = 'certctl_sched, pg_stat_statements'\npg_stat_statements.track = all\n");
+$node->safe_psql('certctl', 'CREATE EXTENSION pg_stat_statements');
 CertctlTest::control_trigger($node);
 
 # an outside session holds the job processor's key: ticks are skipped, counted and warned about once
@@ -25,6 +28,9 @@ is($node->safe_psql('certctl', "SELECT last_result FROM certctl_sched.loops WHER
 	'skipped_locked', 'last result says why');
 is(CertctlTest::log_count($node, qr/WARNING:  job processor still running in process $holder_pid, skipping tick/), 1,
 	'one rate-limited warning naming the holder');
+is($node->safe_psql('certctl',
+	"SELECT sum(calls) FROM pg_stat_statements WHERE query LIKE '%FROM pg_catalog.pg_locks%pg_backend_pid() LIMIT%'"),
+	'1', 'the holder is looked up for the warning only, not at every skipped tick');
 $holder->query_safe("SELECT pg_advisory_unlock(classid, objid) FROM certctl_sched.lock_key('job_processor')");
 my $released = $node->safe_psql('certctl', 'SELECT now()');
 CertctlTest::poll_ok($node,

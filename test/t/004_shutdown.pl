@@ -1,6 +1,8 @@
 # Shutdown and timeouts: SIGTERM idle, SIGTERM mid-batch (the batch commits, nothing more), a transaction longer
-# than shutdown_timeout (rolled back, bounded exit), the run timeout, and a fast shutdown while a commit waits
-# on a synchronous standby that never answers.
+# than shutdown_timeout (rolled back, bounded exit), SIGTERM before the first batch (blocked on a lock), the
+# last-resort exit when even a cancel does not end the transaction, the run timeout (also when a commit waiting
+# on synchronous replication takes its cancel), and a fast shutdown while a commit waits on a synchronous
+# standby that never answers.
 use strict;
 use warnings;
 use FindBin;
@@ -90,20 +92,89 @@ is($node->safe_psql('certctl', "SELECT state FROM certctl_sched.loops WHERE loop
 	'worker carries on');
 is($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), $offline, 'rolled back');
 
+# SIGTERM before the run's first batch, while its bookkeeping waits for a lock: bounded by shutdown_timeout too
+$node->safe_psql('certctl', q{
+	ALTER SYSTEM SET certctl_sched.agent_health_timeout = 0;
+	SELECT pg_reload_conf();
+	UPDATE test_ctl SET sleep = 0;});
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'worker restarted');
+my $locker = $node->background_psql('certctl');
+$locker->query_safe('BEGIN; LOCK TABLE certctl_sched.run_history IN ACCESS EXCLUSIVE MODE');
+$node->safe_psql('certctl', "SELECT certctl_sched.run_now('agent_health')");
+CertctlTest::poll_ok($node,
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event_type = 'Lock'",
+	'the run waits for the history table');
+$took = terminate();
+ok($took < 15, sprintf('worker exits within shutdown_timeout while the lock is still held (%.1f s)', $took));
+$locker->query_safe('ROLLBACK');
+$locker->quit;
+
+# a transaction that swallows the shutdown cancel (the owner's trigger catches it): terminated two seconds later
+$node->safe_psql('certctl', q{
+	CREATE FUNCTION swallow_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		LOOP
+			BEGIN
+				PERFORM pg_sleep(60);
+			EXCEPTION WHEN query_canceled THEN
+				NULL;
+			END;
+		END LOOP;
+	END $$;
+	UPDATE agents SET status = 'Online';
+	CREATE TRIGGER swallow_cancel AFTER UPDATE ON agents FOR EACH STATEMENT EXECUTE FUNCTION swallow_cancel();});
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'worker restarted');
+$node->safe_psql('certctl', "SELECT certctl_sched.run_now('agent_health')");
+CertctlTest::poll_ok($node,
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event = 'PgSleep'",
+	'a batch sleeps and swallows cancels');
+my $offset = -s $node->logfile;
+$took = terminate();
+ok($took >= 2.9 && $took < 15, sprintf('terminated 2 s after shutdown_timeout (%.1f s)', $took));
+ok($node->wait_for_log(qr/FATAL:  terminating background worker "certctl_sched agent_health" due to administrator command/,
+	$offset), 'as die() would');
+$node->safe_psql('certctl', 'DROP TRIGGER swallow_cancel ON agents');
+
 # fast shutdown while the batch's commit waits on a synchronous standby that never answers (the test's own
 # sessions commit locally).  The loop is paused across the restart and resumed only once a probe session's commit
 # is seen waiting for the standby: by then the checkpointer has published synchronous_standby_names, so the
 # worker's first batch commit must wait too.
 $ENV{PGOPTIONS} = '-c synchronous_commit=local';
 $node->safe_psql('certctl', q{
-	ALTER SYSTEM SET certctl_sched.agent_health_timeout = 0;
+	ALTER SYSTEM SET certctl_sched.agent_health_timeout = '1s';
 	ALTER SYSTEM SET certctl_sched.shutdown_timeout = '2s';
 	ALTER SYSTEM SET synchronous_standby_names = 'nobody';
 	UPDATE test_ctl SET sleep = 0;
+	UPDATE agents SET status = 'Online';
 	SELECT certctl_sched.pause('agent_health');});
 $node->restart;
 CertctlTest::wait_sync_rep_published($node);
+
+# the run timeout, when the cancel is taken by a commit waiting on synchronous replication (which only warns and
+# commits locally): the run stops at the next batch boundary and is recorded as timed out
+my $timeouts = $node->safe_psql('certctl', "SELECT timeouts FROM certctl_sched.loops WHERE loop = 'agent_health'");
 $node->safe_psql('certctl', "SELECT certctl_sched.resume('agent_health')");
+CertctlTest::poll_ok($node,
+	"SELECT status || ': ' || error = 'cancelled: run exceeded certctl_sched.agent_health_timeout (1000 ms) and was cancelled'
+	   FROM certctl_sched.run_history WHERE loop = 'agent_health' ORDER BY id DESC LIMIT 1",
+	'a run whose commit waited past the run timeout is recorded as timed out');
+is($node->safe_psql('certctl', "SELECT timeouts - $timeouts FROM certctl_sched.loops WHERE loop = 'agent_health'"),
+	'1', 'and counted');
+cmp_ok($node->safe_psql('certctl', "SELECT count(*) FROM agents WHERE status = 'Offline'"), '<', 20,
+	'it stopped before the last batch');
+
+# (then a run without a timeout, whose first batch's commit waits on the standby)
+# (the interval changes with the timeout, so that the worker is seen to have reloaded both)
+$node->safe_psql('certctl', q{
+	ALTER SYSTEM SET certctl_sched.agent_health_timeout = 0;
+	ALTER SYSTEM SET certctl_sched.agent_health_interval = '59min';
+	SELECT pg_reload_conf();
+	UPDATE agents SET status = 'Online';});
+CertctlTest::poll_ok($node, "SELECT interval = '59 min' FROM certctl_sched.loops WHERE loop = 'agent_health'",
+	'settings reloaded');
+$node->safe_psql('certctl', "SELECT certctl_sched.run_now('agent_health')");
 CertctlTest::poll_ok($node,
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'certctl_sched agent_health' AND wait_event = 'SyncRep'",
 	'commit waits for the synchronous standby');

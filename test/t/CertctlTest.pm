@@ -13,7 +13,9 @@ our $srcdir = dirname(dirname(dirname(__FILE__)));    # repository root
 
 # Returns a started node with database "certctl" holding certctl's schema and the extension created
 # (unless create_extension => 0), certctl_sched preloaded for that database, every loop disabled but
-# those given in %conf, which maps setting names (without the prefix) to values.
+# those given in %conf, which maps setting names (without the prefix) to values.  With owner => ROLE,
+# that ordinary role (LOGIN, created here) owns the database and certctl's tables, as in a real certctl
+# deployment; otherwise the bootstrap superuser does.
 sub node
 {
 	my ($name, %opt) = @_;
@@ -21,8 +23,17 @@ sub node
 	$node->init(%{ $opt{init} // {} });
 	$node->append_conf('postgresql.conf', "max_worker_processes = 16\nlog_min_messages = warning\n");
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE DATABASE certctl');
-	$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"));
+	if ($opt{owner})
+	{
+		$node->safe_psql('postgres', "CREATE ROLE $opt{owner} LOGIN; CREATE DATABASE certctl OWNER $opt{owner}");
+		$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"),
+			extra_params => ['-U', $opt{owner}]);
+	}
+	else
+	{
+		$node->safe_psql('postgres', 'CREATE DATABASE certctl');
+		$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"));
+	}
 	my $conf = "shared_preload_libraries = 'certctl_sched'\ncertctl_sched.database = 'certctl'\n";
 	for my $loop (qw(renewal job_processor agent_health short_lived_expiry))
 	{

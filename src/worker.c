@@ -293,19 +293,26 @@ resting_state(int interval_ms)
 	return LOOP_IDLE;
 }
 
-/* Logs when the worker starts waiting for the extension (once per wait). */
+/*
+ * Logs when the worker starts waiting for the extension, once per wait and
+ * reason (missing, or at another version); *announced remembers what was
+ * said last (0: nothing).
+ */
 static void
-announce_state(LoopState state, LoopState announced)
+announce_state(LoopState state, int *announced)
 {
-	if (state == announced || state != LOOP_WAITING_FOR_EXTENSION)
+	int			reason = state != LOOP_WAITING_FOR_EXTENSION ? 0 : ext.exists ? 2 : 1;
+
+	if (reason == *announced)
 		return;
-	if (ext.exists)
+	*announced = reason;
+	if (reason == 2)
 		ereport(LOG,
 				(errmsg("certctl_sched \"%s\" worker is waiting for ALTER EXTENSION certctl_sched UPDATE in database \"%s\"",
 						MyDef->name, MySlot->dbname),
 				 errdetail("The extension is at version %s; this library needs version %s.",
 						   ext.version, CERTCTL_SCHED_SQL_VERSION)));
-	else
+	else if (reason == 1)
 		ereport(LOG,
 				(errmsg("certctl_sched \"%s\" worker is waiting for CREATE EXTENSION certctl_sched in database \"%s\"",
 						MyDef->name, MySlot->dbname)));
@@ -319,7 +326,7 @@ certctl_sched_worker_main(Datum main_arg)
 	int			interval_ms;
 	TimestampTz next_due;
 	TimestampTz last_sched = 0;
-	LoopState	announced = LOOP_STARTING;
+	int			announced = 0;
 
 	MySlot = &certctl_sched_shared->slots[DatumGetInt32(main_arg)];
 	MyDef = &certctl_sched_loops[MySlot->loop];
@@ -396,8 +403,7 @@ certctl_sched_worker_main(Datum main_arg)
 		if (state == LOOP_ERROR && now >= next_due && interval_ms > 0)
 			next_due = TimestampTzPlusMilliseconds(latest_grid_point(next_due, now, interval_ms), interval_ms);
 
-		announce_state(state, announced);
-		announced = state;
+		announce_state(state, &announced);
 		certctl_sched_slot_set_state(MySlot, state,
 									 (state == LOOP_IDLE || state == LOOP_ERROR) ? next_due : 0,
 									 interval_ms);

@@ -1,8 +1,8 @@
 /*
  * bench/certctl_algo.c: certctl's own scheduler loop algorithm, as a libpq client (the benchmark's baseline)
  *
- * Replays the per-row query sequence of certctl's Go server at commit 4d59fd1 (shared/reference/certctl-loops.md
- * §2.1-2.3): one candidate SELECT, then per certificate / job / agent one autocommit statement per round trip over
+ * Replays the per-row query sequence of certctl's Go server at commit 4d59fd1 (see docs/loops.md):
+ * one candidate SELECT, then per certificate / job / agent one autocommit statement per round trip over
  * the local socket, as certctl's repositories do.  It keeps certctl's query shapes and order, not its bugs' effects.
  *
  * usage: certctl_algo CONNINFO renewal|job_processor|agent_health NOW [STRIDE]

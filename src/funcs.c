@@ -368,9 +368,9 @@ certctl_sched_run_procedure(PG_FUNCTION_ARGS)
 		report_not_run(&out);
 	if (out.result != RESULT_SKIPPED_LOCKED)
 		ereport(NOTICE,
-				(errmsg("%s run %s: " INT64_FORMAT " rows", def->title,
-						certctl_sched_result_name(out.result), out.rows),
-				 out.error[0] ? errdetail("%s", out.error) : 0));
+				(errmsg_plural("%s run %s: " INT64_FORMAT " row", "%s run %s: " INT64_FORMAT " rows", out.rows,
+							   def->title, certctl_sched_result_name(out.result), out.rows),
+				 out.error[0] ? errdetail_internal("%s", out.error) : 0));
 	PG_RETURN_VOID();
 }
 

@@ -409,8 +409,9 @@ note_timeout(RunContext *ctx)
 	if (is_news(ctx, ctx->out.error))
 		ereport(WARNING,
 				(errmsg("%s run cancelled after %d ms", ctx->def->title, timeout_ms),
-				 errdetail("The run exceeded certctl_sched.%s_timeout; its current transaction was rolled back after " INT64_FORMAT " rows.",
-						   ctx->def->name, ctx->out.rows)));
+				 errdetail_plural("The run exceeded certctl_sched.%s_timeout; its current transaction was rolled back after " INT64_FORMAT " row.",
+								  "The run exceeded certctl_sched.%s_timeout; its current transaction was rolled back after " INT64_FORMAT " rows.",
+								  ctx->out.rows, ctx->def->name, ctx->out.rows)));
 }
 
 /* Logs, rate-limited, the rows a run skipped because it cannot process them. */
@@ -513,8 +514,9 @@ run_steps(RunContext *ctx)
 		note_timeout(ctx);
 	if (ctx->out.result == RESULT_INTERRUPTED)
 		ereport(LOG,
-				(errmsg("certctl_sched \"%s\" run interrupted by shutdown after " INT64_FORMAT " rows",
-						ctx->def->name, ctx->out.rows)));
+				(errmsg_plural("certctl_sched \"%s\" run interrupted by shutdown after " INT64_FORMAT " row",
+							   "certctl_sched \"%s\" run interrupted by shutdown after " INT64_FORMAT " rows",
+							   ctx->out.rows, ctx->def->name, ctx->out.rows)));
 	report_skipped(ctx);
 	if (ctx->failure == NULL || ctx->mode == RUN_PROCEDURE)
 		close_run(ctx);

@@ -142,8 +142,9 @@ refresh_state(MemoryContext mcxt)
 		RESUME_INTERRUPTS();
 		if (!state_unreadable || strcmp(edata->message, MySlot->last_error) != 0)
 			ereport(LOG,
-					(errmsg("certctl_sched \"%s\" worker could not read the loop's state: %s",
-							MyDef->name, edata->message)));
+					(errmsg("certctl_sched \"%s\" worker could not read the loop's state", MyDef->name),
+					 errdetail_internal("%s", edata->message),
+					 errhint("The worker tries again at the loop's next due time.")));
 		state_unreadable = true;
 		certctl_sched_slot_set_error(MySlot, edata->message);
 	}

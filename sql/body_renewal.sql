@@ -53,9 +53,12 @@ SELECT pg_temp.old_alert('c04', 30, '2026-12-08'), pg_temp.old_alert('c04', 14, 
 -- alerted at 30 days for an earlier expiry, then renewed: alerts again
 SELECT pg_temp.cert('c05', 'Active', :'now'::timestamptz + interval '25 days', 'rp-manual');
 SELECT pg_temp.old_alert('c05', 30, '2026-01-01');
--- certctl seed style (lowercase type, failed, webhook) still counts; upper-case status is Expiring already
+-- an alert in certctl seed style (failed, webhook) counts, whatever its status and channel; but not one of another
+-- type: certctl's dedup matches type ExpirationWarning exactly, so an "expiration_warning" row does not suppress
+-- certctl's 30-day alert; upper-case status is Expiring already
 SELECT pg_temp.cert('c06', 'EXPIRING', :'now'::timestamptz + interval '12 days', 'rp-manual');
 SELECT pg_temp.old_alert('c06', 30, '2026-12-10', 'expiration_warning', 'webhook', 'failed');
+SELECT pg_temp.old_alert('c06', 14, '2026-12-10', 'ExpirationWarning', 'webhook', 'failed');
 SELECT pg_temp.cert('c07', 'Revoked', :'now'::timestamptz + interval '2 days', 'rp-auto');
 SELECT pg_temp.cert('c08', 'Archived', :'now'::timestamptz - interval '1 day', 'rp-auto');
 SELECT pg_temp.cert('c09', 'RenewalInProgress', :'now'::timestamptz + interval '1 day', 'rp-auto');

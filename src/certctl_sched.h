@@ -203,6 +203,12 @@ extern int	certctl_sched_shutdown_timeout_ms;
 extern int	certctl_sched_batch_size;
 extern char *certctl_sched_certctl_schema;
 extern int	certctl_sched_history_retention_s;
+extern int	certctl_sched_certctl_version;
+
+/* values of certctl_sched.certctl_version */
+#define CERTCTL_VERSION_AUTO	0
+#define CERTCTL_VERSION_4D59FD1	1
+#define CERTCTL_VERSION_HEAD	2
 
 extern void certctl_sched_define_settings(bool preloading);
 extern int	certctl_sched_parse_databases(const char *value, char names[][NAMEDATALEN],

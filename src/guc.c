@@ -32,6 +32,15 @@ int			certctl_sched_shutdown_timeout_ms = 30000;
 int			certctl_sched_batch_size = 1000;
 char	   *certctl_sched_certctl_schema = NULL;
 int			certctl_sched_history_retention_s = 7 * 24 * 3600;
+int			certctl_sched_certctl_version = CERTCTL_VERSION_AUTO;
+
+/* certctl_sched.certctl_version: which certctl's rules apply where the schema has no marker */
+static const struct config_enum_entry certctl_version_options[] = {
+	{"auto", CERTCTL_VERSION_AUTO, false},
+	{"4d59fd1", CERTCTL_VERSION_4D59FD1, false},
+	{"head", CERTCTL_VERSION_HEAD, false},
+	{NULL, 0, false}
+};
 
 /* names and descriptions of the per-loop settings; GUC keeps pointers to them */
 static char interval_names[CERTCTL_SCHED_NLOOPS][64];
@@ -212,6 +221,12 @@ define_reloadable_settings(void)
 							   NULL,
 							   &certctl_sched_certctl_schema, "public",
 							   PGC_SUSET, 0, check_schema_name, NULL, NULL);
+	DefineCustomEnumVariable("certctl_sched.certctl_version",
+							 "Sets which certctl version's rules the loops follow where certctl's schema has no marker.",
+							 "auto infers it from the schema: today's certctl (head) when it has a column of a migration after 000014, "
+							 "else 4d59fd1.",
+							 &certctl_sched_certctl_version, CERTCTL_VERSION_AUTO, certctl_version_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("certctl_sched.history_retention",
 							"Sets how long run history is kept.",
 							"-1 keeps it forever.",

@@ -130,8 +130,17 @@ FROM (VALUES
 	('prof-two-hours', 'Two hours', 'max_ttl_seconds 7200: not short-lived', 7200, true)
 ) AS v(id, name, description, ttl, short);
 
+-- certctl's later migrations renamed and added columns: fill whichever schema is there, certctl's at 4d59fd1
+-- (test/certctl_schema.sql) or today's (test/certctl_schema_head.sql)
+SELECT CASE WHEN 'renewal_policies.retry_interval_seconds' = ANY (cols) THEN 'retry_interval_seconds'
+			ELSE 'retry_interval_minutes' END AS certctl_data_retry_col,
+	   'renewal_policies.alert_channels' = ANY (cols) AS certctl_data_matrix,
+	   'agents.retired_at' = ANY (cols) AS certctl_data_retired
+FROM (SELECT array_agg(attrelid::regclass::text || '.' || attname) AS cols
+	  FROM pg_attribute WHERE attrelid IN ('renewal_policies'::regclass, 'agents'::regclass) AND attnum > 0) a \gset
+
 -- renewal policies, three of them with thresholds certctl falls back to [30,14,7,0] for
-INSERT INTO renewal_policies (id, name, renewal_window_days, auto_renew, max_retries, retry_interval_minutes,
+INSERT INTO renewal_policies (id, name, renewal_window_days, auto_renew, max_retries, :certctl_data_retry_col,
 							  alert_thresholds_days, created_at, updated_at)
 SELECT id, name, win, auto, 3, 60, thr::jsonb,
 	   :now::timestamptz - interval '300 days', :now::timestamptz - interval '300 days'
@@ -487,6 +496,21 @@ SELECT 'audit-g' || n, 'agent-' || n, 'Agent', 'agent_registered', 'agent', 'age
 FROM (SELECT substr(id, 7)::int AS n, hostname, registered_at FROM agents WHERE id LIKE 'agent-%') a
 WHERE n <= 5
 ORDER BY n;
+
+-- today's certctl: policies routing alerts by severity tier to channels (migration 000026), and retired agents
+-- (000015), among them the agents of some deployment targets
+\if :certctl_data_matrix
+UPDATE renewal_policies SET
+	alert_channels = '{"informational": ["Email"], "warning": ["Email", "Slack"], "critical": ["Email", "PagerDuty"]}',
+	alert_severity_map = '{"60": "informational", "30": "informational", "14": "warning", "7": "critical", "3": "critical"}'
+WHERE id = 'rp-aggressive';
+UPDATE renewal_policies SET alert_channels = '{"informational": [], "warning": ["Teams", "Pager"], "critical": ["OpsGenie"]}'
+WHERE id = 'rp-short';
+\endif
+\if :certctl_data_retired
+UPDATE agents SET retired_at = :now::timestamptz - interval '3 days', retired_reason = 'decommissioned'
+WHERE id IN (SELECT 'agent-' || n FROM generate_series(11, :agents, 17) n);
+\endif
 
 ANALYZE teams, owners, issuers, certificate_profiles, renewal_policies, agents, deployment_targets,
 		certificate_target_mappings, jobs, notification_events, audit_events;

@@ -140,3 +140,97 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+-- What certctl's schema in front of the loops has, detected column by column (so that certctl versions between those
+-- certctl_sched is tested with work too), and whether today's certctl rules apply where the schema has no marker:
+-- certctl_sched.certctl_version, or with 'auto' (the default) when the schema has a column of a migration after
+-- 000014 (agents.retired_at, notification_events.retry_count or created_at, renewal_policies.retry_interval_seconds
+-- or alert_channels).  One catalog lookup per call: the bodies call it once per batch, never per row.
+CREATE OR REPLACE FUNCTION certctl_sched._certctl_features(certctl_schema text,
+	OUT head boolean,					-- today's certctl's rules apply (renewal skip list, retired agents)
+	OUT agent_retired boolean,			-- agents.retired_at (migration 000015)
+	OUT notification_retries boolean,	-- notification_events.retry_count, next_retry_at, last_error (000016)
+	OUT notification_created_at boolean,	-- notification_events.created_at (000017)
+	OUT alert_matrix boolean)			-- renewal_policies.alert_channels and alert_severity_map (000026)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH cols AS (
+	SELECT c.relname || '.' || a.attname AS col
+	FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace s ON s.oid = c.relnamespace
+	WHERE s.nspname = certctl_schema AND c.relname IN ('agents', 'notification_events', 'renewal_policies')
+		AND a.attnum > 0 AND NOT a.attisdropped
+)
+SELECT CASE coalesce(current_setting('certctl_sched.certctl_version', true), 'auto')
+			WHEN 'head' THEN true
+			WHEN '4d59fd1' THEN false
+			ELSE EXISTS (SELECT FROM cols WHERE col IN ('agents.retired_at', 'notification_events.retry_count',
+				'notification_events.created_at', 'renewal_policies.retry_interval_seconds',
+				'renewal_policies.alert_channels'))
+		END,
+	EXISTS (SELECT FROM cols WHERE col = 'agents.retired_at'),
+	(SELECT count(*) = 3 FROM cols WHERE col IN ('notification_events.retry_count', 'notification_events.next_retry_at',
+		'notification_events.last_error')),
+	EXISTS (SELECT FROM cols WHERE col = 'notification_events.created_at'),
+	(SELECT count(*) = 2 FROM cols WHERE col IN ('renewal_policies.alert_channels', 'renewal_policies.alert_severity_map'))
+$$;
+
+-- The alerts a renewal policy routes for each of its thresholds, as today's certctl resolves them from the policy's
+-- alert_channels and alert_severity_map (migration 000026), one row per threshold and channel:
+--   tier: alert_severity_map[threshold] (keys read as certctl reads them: leading spaces and a sign allowed, trailing
+--     characters ignored), else the default 30 informational, 14 and 7 warning, 0 critical, else informational; a
+--     tier outside informational, warning and critical is informational;  the map is ignored when a value is not a
+--     string;
+--   channels: alert_channels[tier] when alert_channels is a non-empty object of lists of strings, else Email for
+--     every tier; a listed channel is an alert (kind 'alert', each channel once) if it is one of certctl's channels,
+--     else kind 'invalid'; a tier without channels gives one row of kind 'no_channels'.
+-- Without the matrix (certctl 4d59fd1's schema, matrix false): one Email alert per threshold, with no tier.
+CREATE OR REPLACE FUNCTION certctl_sched._alert_routes(thresholds bigint[], channels jsonb, severity_map jsonb,
+	matrix boolean, OUT threshold bigint, OUT tier text, OUT channel text, OUT kind text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH m(channel_matrix) AS (
+	SELECT CASE
+		WHEN jsonb_typeof(channels) = 'object' AND channels <> '{}'
+			AND NOT EXISTS (SELECT FROM jsonb_each(channels) AS e
+							WHERE jsonb_typeof(e.value) NOT IN ('array', 'null')
+								OR (jsonb_typeof(e.value) = 'array'
+									AND EXISTS (SELECT FROM jsonb_array_elements(e.value) AS x
+												WHERE jsonb_typeof(x) <> 'string')))
+			THEN channels
+		ELSE '{"informational": ["Email"], "warning": ["Email"], "critical": ["Email"]}'
+	END
+),
+s(t, tier, key) AS (
+	SELECT substring(e.key FROM '^\s*([+-]?[0-9]{1,18})')::bigint, e.value #>> '{}', e.key
+	FROM jsonb_each(CASE WHEN jsonb_typeof(severity_map) = 'object'
+							AND NOT EXISTS (SELECT FROM jsonb_each(severity_map) AS v WHERE jsonb_typeof(v.value) <> 'string')
+						THEN severity_map END) AS e
+	WHERE e.key ~ '^\s*[+-]?[0-9]'
+),
+t(threshold, tier) AS (
+	SELECT th.t,
+		coalesce((SELECT s.tier FROM s WHERE s.t = th.t ORDER BY s.key LIMIT 1),
+			CASE th.t WHEN 30 THEN 'informational' WHEN 14 THEN 'warning' WHEN 7 THEN 'warning' WHEN 0 THEN 'critical' END,
+			'informational')
+	FROM unnest(thresholds) AS th(t)
+),
+routes AS (
+	SELECT t.threshold, CASE WHEN t.tier IN ('informational', 'warning', 'critical') THEN t.tier ELSE 'informational' END AS tier
+	FROM t
+)
+SELECT r.threshold, NULL, 'Email', 'alert' FROM unnest(thresholds) AS r(threshold) WHERE NOT _alert_routes.matrix
+UNION ALL
+SELECT DISTINCT r.threshold, r.tier, c.channel,
+	CASE WHEN c.channel IN ('Email', 'Webhook', 'Slack', 'Teams', 'PagerDuty', 'OpsGenie') THEN 'alert' ELSE 'invalid' END
+FROM routes AS r, m, jsonb_array_elements_text(coalesce(m.channel_matrix -> r.tier, '[]')) AS c(channel)
+WHERE _alert_routes.matrix AND jsonb_typeof(m.channel_matrix -> r.tier) = 'array'
+UNION ALL
+SELECT r.threshold, r.tier, NULL, 'no_channels'
+FROM routes AS r, m
+WHERE _alert_routes.matrix
+	AND coalesce(jsonb_array_length(CASE WHEN jsonb_typeof(m.channel_matrix -> r.tier) = 'array'
+										THEN m.channel_matrix -> r.tier END), 0) = 0
+$$;

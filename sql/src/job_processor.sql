@@ -5,8 +5,9 @@
 -- with certctl's error text; otherwise the job becomes AwaitingCSR (attempts counted, started_at set) for the agent to
 -- submit a CSR, the certificate becomes RenewalInProgress (unless it is Revoked or Archived: unlike certctl, never
 -- resurrect those) and renewal_awaiting_csr is audited.  Deployment: a missing certificate, target or agent fails the
--- job; an agent whose last heartbeat is more than 5 minutes old fails it with a DeploymentFailure notification and a
--- deployment_job_failed audit; otherwise the job gets its target's agent_id and stays Pending, where that agent's work
+-- job; the target's agent (not jobs.agent_id, as in certctl) fails it with a DeploymentFailure notification and a
+-- deployment_job_failed audit when its last heartbeat is more than 5 minutes old, or, with today's certctl's rules and
+-- schema (agents.retired_at), when it is retired; otherwise the job gets its target's agent_id and stays Pending, where that agent's work
 -- poll finds it (certctl moves it to Running, out of the agents' reach), with one deployment_job_dispatched audit.  A
 -- dispatched job is claimed again only if its agent goes offline.  Failed jobs keep attempts and completed_at as they
 -- were, as in certctl.  A renewal job whose attempts is already the largest integer is claimed but skipped (counted
@@ -27,6 +28,7 @@ AS $body$
 DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['jobs', 'managed_certificates', 'issuers',
 		'deployment_targets', 'agents', 'owners', 'notification_events', 'audit_events']);
+	f record := certctl_sched._certctl_features(s);
 	claimed_ids text[];
 	bad text[];
 	waiting bigint;
@@ -67,7 +69,7 @@ BEGIN
 	IF claimed > 0 THEN
 		-- 2. decide each job's outcome and apply it: job, certificate, notification and audit in one statement
 		EXECUTE format($q$
-			WITH x AS MATERIALIZED (
+			WITH x0 AS MATERIALIZED (
 				SELECT j.id, j.certificate_id, j.target_id, t.name AS target_name, a.id AS agent_id,
 					lower(j.type) IN ('renewal', 'issuance') AS renewal,
 					c.common_name,
@@ -82,8 +84,9 @@ BEGIN
 							END
 						WHEN j.target_id IS NULL THEN 'target_id not found in job'
 						WHEN t.id IS NULL THEN 'target fetch failed: target ' || j.target_id || ' not found'
-						WHEN a.id IS NULL
-							THEN 'agent fetch failed: agent ' || coalesce(j.agent_id, t.agent_id) || ' not found'
+						WHEN a.id IS NULL THEN 'agent fetch failed: agent ' || t.agent_id || ' not found'
+						-- today's certctl fails a deployment to a retired agent (migration 000015)
+						WHEN %2$s THEN 'assigned agent is retired'
 						WHEN a.last_heartbeat_at < $1 - interval '5 minutes' THEN 'agent is offline'
 					END AS error
 				FROM unnest($3::text[], $4::text[]) AS k(id, bad)
@@ -92,9 +95,16 @@ BEGIN
 				LEFT JOIN %1$I.managed_certificates c ON c.id = j.certificate_id
 				LEFT JOIN %1$I.issuers i ON i.id = c.issuer_id
 				LEFT JOIN %1$I.deployment_targets t ON t.id = j.target_id
-				LEFT JOIN %1$I.agents a ON a.id = coalesce(j.agent_id, t.agent_id)
+				-- the target's agent, as certctl checks it (not jobs.agent_id)
+				LEFT JOIN %1$I.agents a ON a.id = t.agent_id
 				LEFT JOIN %1$I.owners o ON o.id = c.owner_id
 				WHERE lower(j.status) = 'pending' AND k.bad IS NULL
+			),
+			-- a deployment failed for its agent's state also notifies (certctl's DeploymentFailure) with this reason
+			x AS (
+				SELECT x0.*, CASE x0.error WHEN 'agent is offline' THEN 'agent offline'
+									WHEN 'assigned agent is retired' THEN 'agent retired' END AS reason
+				FROM x0
 			),
 			uj AS (
 				UPDATE %1$I.jobs u
@@ -125,12 +135,12 @@ BEGIN
 			),
 			n AS (
 				INSERT INTO %1$I.notification_events (id, type, certificate_id, channel, recipient, message, sent_at,
-					status)
+					status %3$s)
 				SELECT 'notif-' || gen_random_uuid(), 'DeploymentFailure', x.certificate_id, 'Email', x.recipient,
 					'The certificate for ' || x.common_name || ' failed to deploy to ' || x.target_name
-						|| E'.\n\nError: agent offline\n\nPlease investigate.',
-					NULL, 'pending'
-				FROM x WHERE x.error = 'agent is offline'
+						|| E'.\n\nError: ' || x.reason || E'\n\nPlease investigate.',
+					NULL, 'pending' %4$s
+				FROM x WHERE x.reason IS NOT NULL
 			),
 			au AS (
 				INSERT INTO %1$I.audit_events (id, actor, actor_type, action, resource_type, resource_id, details,
@@ -144,15 +154,20 @@ BEGIN
 					WHERE x.renewal AND x.error IS NULL
 					UNION ALL
 					SELECT 'deployment_job_failed',
-						jsonb_build_object('job_id', x.id, 'reason', 'agent offline', 'target_id', x.target_id)
-					WHERE x.error = 'agent is offline'
+						jsonb_build_object('job_id', x.id, 'reason', x.reason, 'target_id', x.target_id)
+							|| CASE WHEN x.reason = 'agent retired' THEN jsonb_build_object('agent_id', x.agent_id)
+								ELSE '{}' END
+					WHERE x.reason IS NOT NULL
 					UNION ALL
 					SELECT 'deployment_job_dispatched',
 						jsonb_build_object('job_id', x.id, 'target_id', x.target_id, 'agent_id', x.agent_id)
 					WHERE NOT x.renewal AND x.error IS NULL
 				) v
 			)
-			SELECT count(*) FROM x$q$, s)
+			SELECT count(*) FROM x$q$, s,
+			CASE WHEN f.agent_retired AND f.head THEN 'a.retired_at IS NOT NULL' ELSE 'false' END,
+			CASE WHEN f.notification_created_at THEN ', created_at' ELSE '' END,
+			CASE WHEN f.notification_created_at THEN ', $1' ELSE '' END)
 		INTO acted
 		USING now, batch_size, claimed_ids, bad;
 	END IF;

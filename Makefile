@@ -3,16 +3,18 @@
 EXTENSION = certctl_sched
 MODULE_big = certctl_sched
 OBJS = src/init.o src/guc.o src/loops.o src/status.o src/owner.o src/guard.o src/worker.o src/runner.o \
-	src/history.o src/sqlbody.o src/funcs.o
+	src/history.o src/sqlbody.o src/funcs.o src/io.o src/egress.o src/transfer.o src/notify.o
+SHLIB_LINK = -lcurl -lcrypto
 PGFILEDESC = "certctl_sched - certctl's scheduler loops as background workers"
 
 # SQL scripts.  Released versions are frozen files (sql/certctl_sched--0.1.sql); the current version's install script
 # and the upgrade to it are assembled from sql/src/, one concern per file, so that an install and an upgrade carry
-# the same definitions: functions are CREATE OR REPLACE, and only state.sql (tables, fresh installs) and
-# upgrade-<from>--<to>.sql (what changes shape) differ.
+# the same definitions: functions are CREATE OR REPLACE, tables new in this version are in their own file, and only
+# state.sql (the older tables, fresh installs) and upgrade-<from>--<to>.sql (what changes shape) differ.
 EXT_VERSION = 0.2
-SQL_DEFS = sql/src/api.sql sql/src/common.sql sql/src/renewal.sql sql/src/job_processor.sql \
-	sql/src/agent_health.sql sql/src/short_lived_expiry.sql sql/src/privileges.sql
+SQL_DEFS = sql/src/notification_tables.sql sql/src/api.sql sql/src/common.sql sql/src/renewal.sql \
+	sql/src/job_processor.sql sql/src/agent_health.sql sql/src/short_lived_expiry.sql sql/src/notifications.sql \
+	sql/src/privileges.sql
 # the planner settings every loop body carries (see sql/src/common.sql)
 BODY_SETTINGS = SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off \
 	SET enable_bitmapscan = off

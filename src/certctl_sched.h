@@ -58,6 +58,7 @@ typedef struct RunOutcome
 	int64		skipped;		/* rows the loop cannot process, left alone */
 	char		skipped_example[CERTCTL_SCHED_ERRLEN];	/* one of them, and why */
 	char		error[CERTCTL_SCHED_ERRLEN];
+	char		warning[CERTCTL_SCHED_ERRLEN];	/* a problem the run worked around, logged once */
 	bool		timed_out;
 } RunOutcome;
 
@@ -204,6 +205,8 @@ extern int	certctl_sched_batch_size;
 extern char *certctl_sched_certctl_schema;
 extern int	certctl_sched_history_retention_s;
 extern int	certctl_sched_certctl_version;
+extern int	certctl_sched_notifications_concurrency;
+extern int	certctl_sched_notifications_request_timeout_ms;
 
 /* values of certctl_sched.certctl_version */
 #define CERTCTL_VERSION_AUTO	0
@@ -274,6 +277,7 @@ extern void certctl_sched_history_close(RunContext *ctx);
 extern void certctl_sched_history_insert(RunContext *ctx);
 
 extern const LoopOps certctl_sched_sql_body_ops;
+extern const LoopOps certctl_sched_notify_ops;
 
 /* worker.c */
 extern PGDLLEXPORT void certctl_sched_worker_main(Datum main_arg) pg_attribute_noreturn();

@@ -22,6 +22,7 @@
 
 #include "compat.h"
 #include "certctl_sched.h"
+#include "io.h"
 
 char	   *certctl_sched_database = NULL;
 char	   *certctl_sched_role = NULL;
@@ -33,6 +34,7 @@ int			certctl_sched_batch_size = 1000;
 char	   *certctl_sched_certctl_schema = NULL;
 int			certctl_sched_history_retention_s = 7 * 24 * 3600;
 int			certctl_sched_certctl_version = CERTCTL_VERSION_AUTO;
+static bool delivering_notifications = false;
 
 /* certctl_sched.certctl_version: which certctl's rules apply where the schema has no marker */
 static const struct config_enum_entry certctl_version_options[] = {
@@ -235,6 +237,70 @@ define_reloadable_settings(void)
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 }
 
+/* Rejects a proxy that is not an http://, https:// or socks URL. */
+static bool
+check_proxy(char **newval, void **extra, GucSource source)
+{
+	static const char *const schemes[] = {"http://", "https://", "socks4://", "socks4a://", "socks5://", "socks5h://"};
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	for (int i = 0; i < (int) lengthof(schemes); i++)
+		if (pg_strncasecmp(*newval, schemes[i], strlen(schemes[i])) == 0 && (*newval)[strlen(schemes[i])] != '\0')
+			return true;
+	GUC_check_errdetail("A proxy is an http://, https://, socks4://, socks4a://, socks5:// or socks5h:// URL, or empty.");
+	return false;
+}
+
+/* Rejects a CA file name that is not an absolute path. */
+static bool
+check_ca_file(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0' || is_absolute_path(*newval))
+		return true;
+	GUC_check_errdetail("The CA file must be given as an absolute path, or empty.");
+	return false;
+}
+
+/* Defines the settings of the loops that talk to the network. */
+static void
+define_network_settings(void)
+{
+	DefineCustomBoolVariable("certctl_sched.delivering_notifications",
+							 "Set by the notifications loop while it records deliveries (see notification_delivery_guard()).",
+							 NULL,
+							 &delivering_notifications, false,
+							 PGC_USERSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("certctl_sched.notifications_concurrency",
+							"Sets how many notifications are sent at once.",
+							"A batch claims four times as many; one channel gets at most half of them.",
+							&certctl_sched_notifications_concurrency, 16,
+							1, 256,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("certctl_sched.notifications_request_timeout",
+							"Sets the time limit of one notification request, connection included.",
+							NULL,
+							&certctl_sched_notifications_request_timeout_ms, 10000,
+							100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("certctl_sched.allow_loopback",
+							 "Lets the network loops connect to loopback addresses.",
+							 "Link-local, multicast, broadcast and unspecified addresses stay refused.",
+							 &certctl_sched_allow_loopback, false,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("certctl_sched.http_proxy",
+							   "Sets the proxy of the notifications' HTTP requests.",
+							   "Empty means none; the server's environment (http_proxy etc.) is ignored.",
+							   &certctl_sched_http_proxy, "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY, check_proxy, NULL, NULL);
+	DefineCustomStringVariable("certctl_sched.ca_file",
+							   "Sets a file of CA certificates trusted besides the system's.",
+							   "Empty means the system's CA store only.",
+							   &certctl_sched_ca_file, "",
+							   PGC_SUSET, 0, check_ca_file, NULL, NULL);
+}
+
 /*
  * Defines every setting; the restart-only ones only when preloading (they
  * are read before any worker starts), and reserves the certctl_sched prefix.
@@ -243,6 +309,7 @@ void
 certctl_sched_define_settings(bool preloading)
 {
 	define_reloadable_settings();
+	define_network_settings();
 	if (preloading)
 	{
 		DefineCustomStringVariable("certctl_sched.database",

@@ -23,6 +23,7 @@ static const char *const job_tables[] = {
 	"notification_events", "audit_events", NULL
 };
 static const char *const agent_tables[] = {"agents", NULL};
+static const char *const notification_tables[] = {"notification_events", NULL};
 static const char *const short_lived_tables[] = {
 	"managed_certificates", "certificate_profiles", "audit_events", NULL
 };
@@ -35,7 +36,8 @@ const LoopDef certctl_sched_loops[CERTCTL_SCHED_NLOOPS] = {
 	"_job_processor_batch", job_tables, &certctl_sched_sql_body_ops},
 	{2, "agent_health", "agent health check", 120 * 1000, 60 * 1000, true,
 	"_agent_health_batch", agent_tables, &certctl_sched_sql_body_ops},
-	{3, "notifications", "notification processor", -1, 60 * 1000, true, NULL, NULL, NULL},
+	{3, "notifications", "notification processor", 60 * 1000, 60 * 1000, true,
+	NULL, notification_tables, &certctl_sched_notify_ops},
 	{4, "short_lived_expiry", "short-lived expiry check", 30 * 1000, 30 * 1000, false,
 	"_short_lived_expiry_batch", short_lived_tables, &certctl_sched_sql_body_ops},
 	{5, "network_scan", "network scan", -1, 1800 * 1000, true, NULL, NULL, NULL},

@@ -434,6 +434,16 @@ report_skipped(RunContext *ctx)
 			 errhint("Such rows are left unchanged and reported by every run until they are corrected.")));
 }
 
+/* Logs, rate-limited, a problem the run worked around (e.g. a channel without a usable configuration). */
+static void
+report_warning(RunContext *ctx)
+{
+	if (ctx->out.warning[0] == '\0' || !is_news(ctx, ctx->out.warning))
+		return;
+	ereport(WARNING,
+			(errmsg("%s: %s", ctx->def->title, ctx->out.warning)));
+}
+
 /* Last step of a run: records the outcome in the history row (with no cancel pending). */
 static void
 close_run(RunContext *ctx)
@@ -518,6 +528,7 @@ run_steps(RunContext *ctx)
 							   "certctl_sched \"%s\" run interrupted by shutdown after " INT64_FORMAT " rows",
 							   ctx->out.rows, ctx->def->name, ctx->out.rows)));
 	report_skipped(ctx);
+	report_warning(ctx);
 	if (ctx->failure == NULL || ctx->mode == RUN_PROCEDURE)
 		close_run(ctx);
 }

@@ -4,7 +4,9 @@
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_MAJOR=15
-PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc)
+# libcurl and OpenSSL (headers) for the network loops; openssl and Python's aiosmtpd for the tests' receivers
+PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc
+	libcurl4-openssl-dev libssl-dev openssl python3 python3-aiosmtpd)
 
 # Print a progress line on stderr.
 say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

@@ -141,5 +141,34 @@ FROM (
 			END), '' ORDER BY s.loop, s.database), '') AS block
 	FROM m CROSS JOIN s
 	GROUP BY m.ord, m.name, m.kind, m.help
+	UNION ALL
+	-- the notifications waiting for each channel, as the notifications loop last counted them
+	SELECT 11 + k.ord,
+		format(E'# HELP %s %s\n# TYPE %s gauge\n', k.name, k.help, k.name) ||
+		string_agg(format(E'%s{database="%s",channel="%s",state="%s"} %s\n', k.name,
+			replace(replace(current_database()::text, '\', '\\'), '"', '\"'),
+			replace(replace(b.channel, '\', '\\'), '"', '\"'), b.state,
+			CASE k.ord WHEN 1 THEN b.due ELSE b.waiting END), '' ORDER BY b.channel)
+	FROM (VALUES (1, 'certctl_sched_notifications_due', 'Notifications due for delivery, per channel and channel state (configured, disabled, unconfigured).'),
+				 (2, 'certctl_sched_notifications_waiting', 'Notifications waiting for a retry, per channel.')) AS k(ord, name, help)
+	CROSS JOIN certctl_sched.notification_backlog b
+	GROUP BY k.ord, k.name, k.help
 ) b
 $$;
+
+--
+-- Notifications
+--
+
+-- lowercase hex HMAC-SHA256 of data's bytes under key (the webhook's signature)
+CREATE OR REPLACE FUNCTION certctl_sched._hmac_sha256_hex(key text, data text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'certctl_sched_hmac_sha256_hex'
+LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+-- sends one test message through a configured channel now, from this session, and says what happened; writes nothing
+CREATE OR REPLACE FUNCTION certctl_sched.test_channel(channel text, recipient text DEFAULT NULL,
+	OUT status text, OUT http_status integer, OUT error text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'certctl_sched_test_channel'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;

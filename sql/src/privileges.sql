@@ -12,6 +12,17 @@ GRANT SELECT ON certctl_sched.loops TO pg_monitor;
 GRANT SELECT ON certctl_sched.run_history TO pg_monitor;
 GRANT EXECUTE ON FUNCTION certctl_sched.metrics() TO pg_monitor;
 
+-- the channels' configuration holds their secrets: the extension owner's (and superusers') only; the loop reads it
+-- with the extension owner's rights.  The backlog is for monitoring roles.
+REVOKE ALL ON certctl_sched.notification_channels FROM PUBLIC;
+REVOKE ALL ON certctl_sched.notification_attempts FROM PUBLIC;
+REVOKE ALL ON certctl_sched.notification_backlog FROM PUBLIC;
+GRANT SELECT ON certctl_sched.notification_backlog TO pg_monitor;
+REVOKE ALL ON FUNCTION certctl_sched._notification_requests(jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION certctl_sched._notification_attempts_record(timestamptz, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION certctl_sched._notifications_waiting(timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION certctl_sched.test_channel(text, text) FROM PUBLIC;
+
 -- running, waking, pausing and resuming loops change what the scheduler does: superusers, and the roles they grant
 -- EXECUTE on these functions to, only (each of them is all such a role needs)
 REVOKE ALL ON FUNCTION certctl_sched.run_now(text) FROM PUBLIC;
@@ -37,6 +48,12 @@ GRANT EXECUTE ON FUNCTION certctl_sched.check_expiring_certificates(timestamptz,
 GRANT EXECUTE ON FUNCTION certctl_sched.process_pending_jobs(timestamptz, integer) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched.mark_stale_agents_offline(timestamptz, integer, interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched.expire_short_lived_certificates(timestamptz, integer) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._hmac_sha256_hex(text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._notification_decision(timestamptz, text, integer, timestamptz, text, text,
+	integer, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._notifications_claim(timestamptz, integer, text, text[], text[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._notifications_record(timestamptz, jsonb) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._notifications_backlog(timestamptz, text[]) TO PUBLIC;
 
 -- the loop keys are public knowledge: any process may take the same lock to cooperate
 GRANT USAGE ON SCHEMA certctl_sched TO PUBLIC;

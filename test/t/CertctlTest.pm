@@ -15,7 +15,8 @@ our $srcdir = dirname(dirname(dirname(__FILE__)));    # repository root
 # (unless create_extension => 0), certctl_sched preloaded for that database, every loop disabled but
 # those given in %conf, which maps setting names (without the prefix) to values.  With owner => ROLE,
 # that ordinary role (LOGIN, created here) owns the database and certctl's tables, as in a real certctl
-# deployment; otherwise the bootstrap superuser does.
+# deployment; otherwise the bootstrap superuser does.  With schema => 'head', certctl's tables are today's
+# (test/certctl_schema_head.sql) rather than 4d59fd1's.
 sub node
 {
 	my ($name, %opt) = @_;
@@ -23,19 +24,19 @@ sub node
 	$node->init(%{ $opt{init} // {} });
 	$node->append_conf('postgresql.conf', "max_worker_processes = 16\nlog_min_messages = warning\n");
 	$node->start;
+	my $schema = slurp_file("$srcdir/test/" . (($opt{schema} // '') eq 'head' ? 'certctl_schema_head.sql' : 'certctl_schema.sql'));
 	if ($opt{owner})
 	{
 		$node->safe_psql('postgres', "CREATE ROLE $opt{owner} LOGIN; CREATE DATABASE certctl OWNER $opt{owner}");
-		$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"),
-			extra_params => ['-U', $opt{owner}]);
+		$node->safe_psql('certctl', $schema, extra_params => ['-U', $opt{owner}]);
 	}
 	else
 	{
 		$node->safe_psql('postgres', 'CREATE DATABASE certctl');
-		$node->safe_psql('certctl', slurp_file("$srcdir/test/certctl_schema.sql"));
+		$node->safe_psql('certctl', $schema);
 	}
 	my $conf = "shared_preload_libraries = 'certctl_sched'\ncertctl_sched.database = 'certctl'\n";
-	for my $loop (qw(renewal job_processor agent_health short_lived_expiry))
+	for my $loop (qw(renewal job_processor agent_health notifications short_lived_expiry))
 	{
 		$conf .= "certctl_sched.${loop}_interval = -1\n" unless exists $opt{conf}{"${loop}_interval"};
 	}

@@ -2,7 +2,9 @@
 # test/demo.sh: the demo: a throwaway server in .demo/ with certctl data and the scheduler workers, what they changed
 #
 # Usage: test/demo.sh [--keep]    --keep leaves the server running (on success) and prints how to connect.
-# The server listens only on a Unix socket in .demo/ (port 54329); it is stopped on any exit or interrupt.
+# The server listens only on a Unix socket in .demo/ (port 54329); it is stopped on any exit or interrupt.  Two
+# receivers on loopback take the alerts: a webhook receiver (test/sinks/http_sink.py) and an SMTP server
+# (test/sinks/smtp_sink.py); they stop with the demo.
 set -euo pipefail
 # shellcheck source=test/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -14,6 +16,7 @@ BATCH=100
 KEEP=0
 OK=0
 USER_NAME=""
+SINK_PIDS=()
 
 # psql on the demo server, database $1, remaining arguments passed on.
 demo_psql() {
@@ -51,7 +54,58 @@ finish() {
 		tail -n 20 "$DEMO_DIR/server.log" >&2
 	fi
 	[ -z "$USER_NAME" ] || stop_server
+	stop_sinks
 	[ "$OK" -eq 1 ] && echo "demo.sh: done, server stopped" || echo "demo.sh: FAILED, server stopped" >&2
+}
+
+# Start the alert receivers on loopback, each writing the port it listens on to .demo/<name>.port and one JSON line
+# per request or message to .demo/<name>.log.
+start_sinks() {
+	local name
+	/usr/bin/python3 "$REPO_ROOT/test/sinks/http_sink.py" --host 127.0.0.1 --port 0 --ready "$DEMO_DIR/http.port" \
+		--log "$DEMO_DIR/http.log" >"$DEMO_DIR/http.out" 2>&1 &
+	SINK_PIDS+=($!)
+	/usr/bin/python3 "$REPO_ROOT/test/sinks/smtp_sink.py" --host 127.0.0.1 --port 0 --mode plain \
+		--ready "$DEMO_DIR/smtp.port" --log "$DEMO_DIR/smtp.log" >"$DEMO_DIR/smtp.out" 2>&1 &
+	SINK_PIDS+=($!)
+	for name in http smtp; do
+		for _ in $(seq 100); do [ -s "$DEMO_DIR/$name.port" ] && break; sleep 0.1; done
+		[ -s "$DEMO_DIR/$name.port" ] || die "the $name receiver did not start: $(cat "$DEMO_DIR/$name.out")"
+	done
+	say "alert receivers: http://127.0.0.1:$(head -1 "$DEMO_DIR/http.port"), smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port")"
+}
+
+# Stop the alert receivers.
+stop_sinks() {
+	local pid
+	for pid in "${SINK_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${SINK_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	SINK_PIDS=()
+}
+
+# Print what the receivers got: requests per channel, one webhook request, one mail.
+show_deliveries() {
+	echo
+	echo '=== What the receivers got (webhook receiver and SMTP server on loopback)'
+	/usr/bin/python3 - "$DEMO_DIR/http.log" "$DEMO_DIR/smtp.log" <<-'EOF'
+		import collections, json, sys
+		http = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
+		smtp = [json.loads(l) for l in open(sys.argv[2])] if __import__("os").path.exists(sys.argv[2]) else []
+		per = collections.Counter(r["query"].replace("channel=", "") for r in http)
+		for channel, n in sorted(per.items()):
+		    print(f"  {channel:<10} {n:>4} HTTP requests")
+		print(f"  {'Email':<10} {len(smtp):>4} messages")
+		hook = next((r for r in http if r["query"] == "channel=Webhook"), None)
+		if hook:
+		    print("\n  a webhook request: POST", hook["path"])
+		    for h in ("content-type", "idempotency-key", "x-signature"):
+		        print(f"    {h}: {hook['headers'].get(h)}")
+		    print("    " + hook["body"])
+		if smtp:
+		    print("\n  a mail, to", ", ".join(smtp[0]["rcpt_tos"]) + ":")
+		    for line in smtp[0]["message"].split("\r\n")[:12]:
+		        print("    " + line)
+	EOF
 }
 
 # Create the cluster in .demo/ (owned by the server user) with database certctl, and start it with the library
@@ -79,22 +133,27 @@ start_server() {
 		certctl_sched.job_processor_interval = '2s'
 		certctl_sched.agent_health_interval = '5s'
 		certctl_sched.short_lived_expiry_interval = '3s'
+		certctl_sched.notifications_interval = '2s'
 		certctl_sched.batch_size = 100
+		# the alert receivers run on loopback, which the loops may not reach unless allowed
+		certctl_sched.allow_loopback = on
 	EOF
 	run_as "$USER_NAME" pg_ctl -D "$PGDATA_DIR" -l "$DEMO_DIR/server.log" -w -t 60 restart >/dev/null
 	say "server running on $DEMO_DIR port $PORT"
 }
 
-# Fill database certctl with certctl's schema and 300 certificates of fixture data (the workers wait for the extension).
+# Fill database certctl with today's certctl schema and 300 certificates of fixture data (the workers wait for the
+# extension).
 load_certctl() {
-	demo_psql certctl -f "$REPO_ROOT/test/certctl_schema.sql"
+	demo_psql certctl -f "$REPO_ROOT/test/certctl_schema_head.sql"
 	demo_psql certctl -v certs=300 -v quiet=1 -f "$REPO_ROOT/test/certctl_data.sql"
 }
 
 # Snapshot certctl's tables, CREATE EXTENSION (which starts the workers' loops), wait until every enabled loop has run
 # (the job processor twice, so that it also dispatches the renewal check's new jobs), then show what changed.
 run_loops() {
-	demo_psql certctl <<-'EOF'
+	demo_psql certctl -v http="http://127.0.0.1:$(head -1 "$DEMO_DIR/http.port")/r/200" \
+		-v smtp="smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port")" <<-'EOF'
 		SET client_min_messages = warning;
 		\pset footer off
 		CREATE TEMP TABLE snap_certs AS SELECT id, status FROM managed_certificates;
@@ -108,13 +167,22 @@ run_loops() {
 		SELECT backend_type, application_name, wait_event_type, wait_event FROM pg_stat_activity
 		WHERE backend_type LIKE 'certctl_sched%' ORDER BY backend_type;
 
-		\echo '=== CREATE EXTENSION certctl_sched: the loops start'
+		\echo '=== CREATE EXTENSION certctl_sched, with its notification channels pointing at the receivers: the loops start'
+		BEGIN;
 		CREATE EXTENSION certctl_sched;
+		INSERT INTO certctl_sched.notification_channels (channel, endpoint, secret, options)
+		SELECT c, :'http' || '?channel=' || c, s, '{}' FROM (VALUES ('Slack', NULL), ('Teams', NULL),
+			('PagerDuty', 'demo-routing-key'), ('OpsGenie', 'demo-api-key'), ('Webhook', 'demo-signing-key')) v(c, s);
+		INSERT INTO certctl_sched.notification_channels (channel, endpoint, options)
+		VALUES ('Email', :'smtp', '{"from": "certctl@example.com", "tls": "none"}');
+		COMMIT;
 		DO $$
 		BEGIN
 			FOR i IN 1 .. 300 LOOP
-				EXIT WHEN (SELECT bool_and(runs >= CASE loop WHEN 'job_processor' THEN 2 ELSE 1 END)
-						   FROM certctl_sched.loops WHERE interval IS NOT NULL);
+				EXIT WHEN (SELECT bool_and(runs >= CASE loop WHEN 'job_processor' THEN 2 WHEN 'notifications' THEN 2 ELSE 1 END)
+						   FROM certctl_sched.loops WHERE interval IS NOT NULL)
+					  AND NOT EXISTS (SELECT FROM notification_events WHERE status = 'pending'
+									  AND lower(channel) IN (SELECT lower(channel) FROM certctl_sched.notification_channels));
 				PERFORM pg_sleep(0.1);
 			END LOOP;
 		END $$;
@@ -135,10 +203,12 @@ run_loops() {
 		WHERE n <= 2
 		ORDER BY now, was, expires_at LIMIT 10;
 
-		\echo '=== Alerts raised (renewal check thresholds, deployment failures)'
+		\echo '=== Alerts raised (renewal check thresholds, deployment failures) and delivered (notifications loop)'
 		SELECT type, channel, status, count(*) AS alerts
 		FROM notification_events WHERE id NOT IN (SELECT id FROM snap_notifs)
-		GROUP BY 1, 2, 3 ORDER BY 4 DESC;
+		GROUP BY 1, 2, 3 ORDER BY 4 DESC, 2;
+		\echo '=== Every notification by status: the fixture''s old ones are delivered too (Webhook, Email)'
+		SELECT channel, status, count(*) AS notifications FROM notification_events GROUP BY 1, 2 ORDER BY 1, 2;
 		SELECT certificate_id, recipient, replace(message, E'\n\n', ' / ') AS message
 		FROM notification_events WHERE id NOT IN (SELECT id FROM snap_notifs) AND type = 'ExpirationWarning'
 		ORDER BY length(certificate_id), certificate_id, message LIMIT 6;
@@ -183,8 +253,10 @@ main() {
 	USER_NAME="$(server_user)"
 	build_install "$REPO_ROOT"
 	start_server
+	start_sinks
 	load_certctl
 	run_loops
+	show_deliveries
 	OK=1
 }
 

@@ -3,8 +3,9 @@
 EXTENSION = certctl_sched
 MODULE_big = certctl_sched
 OBJS = src/init.o src/guc.o src/loops.o src/status.o src/owner.o src/guard.o src/worker.o src/runner.o \
-	src/history.o src/sqlbody.o src/funcs.o src/io.o src/egress.o src/transfer.o src/notify.o
-SHLIB_LINK = -lcurl -lcrypto
+	src/history.o src/sqlbody.o src/funcs.o src/io.o src/egress.o src/transfer.o src/notify.o \
+	src/x509.o src/probe.o src/scan.o
+SHLIB_LINK = -lcurl -lssl -lcrypto
 PGFILEDESC = "certctl_sched - certctl's scheduler loops as background workers"
 
 # SQL scripts.  Released versions are frozen files (sql/certctl_sched--0.1.sql); the current version's install script
@@ -14,7 +15,7 @@ PGFILEDESC = "certctl_sched - certctl's scheduler loops as background workers"
 EXT_VERSION = 0.2
 SQL_DEFS = sql/src/notification_tables.sql sql/src/api.sql sql/src/common.sql sql/src/renewal.sql \
 	sql/src/job_processor.sql sql/src/agent_health.sql sql/src/short_lived_expiry.sql sql/src/notifications.sql \
-	sql/src/privileges.sql
+	sql/src/network_scan.sql sql/src/privileges.sql
 # the planner settings every loop body carries (see sql/src/common.sql)
 BODY_SETTINGS = SET jit = off SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off \
 	SET enable_bitmapscan = off

@@ -44,7 +44,6 @@ SELECT status, error FROM certctl_sched.run_history WHERE loop = 'job_processor'
 SELECT failures, last_result, last_error
 FROM certctl_sched.loops WHERE loop = 'job_processor' AND database = current_database();
 RESET certctl_sched.certctl_schema;
-SELECT * FROM certctl_sched.run_loop('network_scan');
 SELECT * FROM certctl_sched.run_loop(NULL);
 
 -- the lock is held until the end of the caller's transaction

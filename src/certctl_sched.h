@@ -207,6 +207,8 @@ extern int	certctl_sched_history_retention_s;
 extern int	certctl_sched_certctl_version;
 extern int	certctl_sched_notifications_concurrency;
 extern int	certctl_sched_notifications_request_timeout_ms;
+extern int	certctl_sched_network_scan_concurrency;
+extern char *certctl_sched_network_scan_allowed_networks;
 
 /* values of certctl_sched.certctl_version */
 #define CERTCTL_VERSION_AUTO	0
@@ -278,6 +280,7 @@ extern void certctl_sched_history_insert(RunContext *ctx);
 
 extern const LoopOps certctl_sched_sql_body_ops;
 extern const LoopOps certctl_sched_notify_ops;
+extern const LoopOps certctl_sched_scan_ops;
 
 /* worker.c */
 extern PGDLLEXPORT void certctl_sched_worker_main(Datum main_arg) pg_attribute_noreturn();

@@ -17,6 +17,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inet.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -57,18 +58,6 @@ check_interval(int *newval, void **extra, GucSource source)
 	if (*newval == 0 || *newval < -1)
 	{
 		GUC_check_errdetail("A loop interval must be positive, or -1 to disable the loop.");
-		return false;
-	}
-	return true;
-}
-
-/* Check hook of the loops this version does not implement: only -1 is accepted. */
-static bool
-check_interval_not_implemented(int *newval, void **extra, GucSource source)
-{
-	if (*newval != -1)
-	{
-		GUC_check_errdetail("This loop is not implemented in this version of certctl_sched; its interval must be -1.");
 		return false;
 	}
 	return true;
@@ -186,7 +175,7 @@ define_loop_settings(void)
 								&certctl_sched_interval_ms[i], def->default_interval_ms,
 								-1, INT_MAX,
 								PGC_SIGHUP, GUC_UNIT_MS,
-								def->ops ? check_interval : check_interval_not_implemented,
+								check_interval,
 								NULL, NULL);
 		DefineCustomIntVariable(timeout_names[i], timeout_descs[i],
 								"The run is cancelled and rolled back when it takes longer. 0 means no limit.",
@@ -262,6 +251,35 @@ check_ca_file(char **newval, void **extra, GucSource source)
 	return false;
 }
 
+/*
+ * Rejects a list of networks (comma-separated CIDRs or addresses, spaces
+ * allowed) that has an entry PostgreSQL's inet type would not read.
+ */
+static bool
+check_networks(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	char	   *entry;
+	char	   *save = NULL;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	copy = pstrdup(*newval);
+	for (entry = strtok_r(copy, ", ", &save); entry != NULL; entry = strtok_r(NULL, ", ", &save))
+	{
+		unsigned char buf[16];
+
+		if (pg_inet_net_pton(strchr(entry, ':') ? PGSQL_AF_INET6 : PGSQL_AF_INET, entry, buf, -1) < 0)
+		{
+			GUC_check_errdetail("\"%s\" is not a network (CIDR) or an IP address.", entry);
+			pfree(copy);
+			return false;
+		}
+	}
+	pfree(copy);
+	return true;
+}
+
 /* Defines the settings of the loops that talk to the network. */
 static void
 define_network_settings(void)
@@ -284,6 +302,17 @@ define_network_settings(void)
 							&certctl_sched_notifications_request_timeout_ms, 10000,
 							100, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("certctl_sched.network_scan_concurrency",
+							"Sets how many TLS handshakes the network scan runs at once.",
+							"Fewer run when the server's file descriptors run out (max_files_per_process).",
+							&certctl_sched_network_scan_concurrency, 256,
+							1, 4096,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("certctl_sched.network_scan_allowed_networks",
+							   "Sets the networks the network scan may probe.",
+							   "A comma-separated list of CIDRs; empty means every address that is not reserved.",
+							   &certctl_sched_network_scan_allowed_networks, "",
+							   PGC_SUSET, GUC_LIST_INPUT, check_networks, NULL, NULL);
 	DefineCustomBoolVariable("certctl_sched.allow_loopback",
 							 "Lets the network loops connect to loopback addresses.",
 							 "Link-local, multicast, broadcast and unspecified addresses stay refused.",

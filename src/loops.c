@@ -24,6 +24,9 @@ static const char *const job_tables[] = {
 };
 static const char *const agent_tables[] = {"agents", NULL};
 static const char *const notification_tables[] = {"notification_events", NULL};
+static const char *const scan_tables[] = {
+	"network_scan_targets", "discovery_scans", "discovered_certificates", "agents", "audit_events", NULL
+};
 static const char *const short_lived_tables[] = {
 	"managed_certificates", "certificate_profiles", "audit_events", NULL
 };
@@ -40,7 +43,8 @@ const LoopDef certctl_sched_loops[CERTCTL_SCHED_NLOOPS] = {
 	NULL, notification_tables, &certctl_sched_notify_ops},
 	{4, "short_lived_expiry", "short-lived expiry check", 30 * 1000, 30 * 1000, false,
 	"_short_lived_expiry_batch", short_lived_tables, &certctl_sched_sql_body_ops},
-	{5, "network_scan", "network scan", -1, 1800 * 1000, true, NULL, NULL, NULL},
+	{5, "network_scan", "network scan", 6 * 3600 * 1000, 1800 * 1000, true,
+	NULL, scan_tables, &certctl_sched_scan_ops},
 };
 
 /* Returns the loop with this SQL name, or NULL. */

@@ -172,3 +172,15 @@ CREATE OR REPLACE FUNCTION certctl_sched.test_channel(channel text, recipient te
 RETURNS record
 AS 'MODULE_PATHNAME', 'certctl_sched_test_channel'
 LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+--
+-- Network scan
+--
+
+-- the fields certctl records for a certificate (the first of a PEM text), as the network scan reads them
+CREATE OR REPLACE FUNCTION certctl_sched._x509_fields(pem text, OUT fingerprint_sha256 text, OUT common_name text,
+	OUT sans text[], OUT serial_number text, OUT issuer_dn text, OUT subject_dn text, OUT not_before timestamptz,
+	OUT not_after timestamptz, OUT key_algorithm text, OUT key_size integer, OUT is_ca boolean, OUT pem_data text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'certctl_sched_x509_fields_sql'
+LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;

@@ -54,6 +54,11 @@ GRANT EXECUTE ON FUNCTION certctl_sched._notification_decision(timestamptz, text
 GRANT EXECUTE ON FUNCTION certctl_sched._notifications_claim(timestamptz, integer, text, text[], text[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._notifications_record(timestamptz, jsonb) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._notifications_backlog(timestamptz, text[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._x509_fields(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._address_refusal(inet, boolean) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_endpoints(text[], integer[], boolean, inet[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_claim(timestamptz, integer, text, boolean, inet[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_record(timestamptz, jsonb) TO PUBLIC;
 
 -- the loop keys are public knowledge: any process may take the same lock to cooperate
 GRANT USAGE ON SCHEMA certctl_sched TO PUBLIC;

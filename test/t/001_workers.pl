@@ -16,13 +16,13 @@ my $node = CertctlTest::node('workers', create_extension => 0,
 
 # one worker per implemented loop, each with its own backend_type, idle on its latch
 CertctlTest::poll_ok($node,
-	"SELECT count(*) = 5 FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'
+	"SELECT count(*) = 6 FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'
 	   AND wait_event_type = 'Extension' AND datname = 'certctl'",
-	'five workers waiting on their latch');
+	'six workers waiting on their latch');
 is($node->safe_psql('certctl',
 	"SELECT string_agg(backend_type, ',' ORDER BY backend_type) FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"),
-	'certctl_sched agent_health,certctl_sched job_processor,certctl_sched notifications,certctl_sched renewal,certctl_sched short_lived_expiry',
-	'backend types name the loops; loops without a body in this version have no process');
+	'certctl_sched agent_health,certctl_sched job_processor,certctl_sched network_scan,certctl_sched notifications,certctl_sched renewal,certctl_sched short_lived_expiry',
+	'backend types name the loops');
 
 # before CREATE EXTENSION: one log line per enabled worker, then quiet
 ok($node->wait_for_log(qr/certctl_sched "job_processor" worker is waiting for CREATE EXTENSION certctl_sched in database "certctl"/),
@@ -76,11 +76,11 @@ ok($bad->wait_for_log(qr/FATAL:  database "later" does not exist\n.*CONTEXT:  ce
 	'missing database: a FATAL that names the setting');
 $bad->safe_psql('postgres', 'CREATE DATABASE later');
 ok($bad->poll_query_until('later',
-	"SELECT count(*) = 5 FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"),
+	"SELECT count(*) = 6 FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"),
 	'workers connect once the database exists');
 # (a worker that starts late may find the database already there: at most one failed attempt per worker)
 my $fatals = CertctlTest::log_count($bad, qr/FATAL:  database "later" does not exist/);
-ok($fatals >= 1 && $fatals <= 5, "at most one failed attempt per worker ($fatals)");
+ok($fatals >= 1 && $fatals <= 6, "at most one failed attempt per worker ($fatals)");
 $bad->stop;
 
 # several databases: a worker per loop in each, each running its loops in its own database
@@ -97,8 +97,8 @@ for my $db (qw(one two))
 ok($two->poll_query_until('one',
 	"SELECT count(DISTINCT database) = 2 AND bool_and(runs > 0) FROM certctl_sched.loops WHERE loop = 'job_processor'"),
 	'the loops run in both databases');
-is($two->safe_psql('one', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"), '10',
-	'five workers per database');
+is($two->safe_psql('one', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'certctl_sched %'"), '12',
+	'six workers per database');
 is($two->safe_psql('two', "SELECT count(*) > 0 FROM certctl_sched.run_history WHERE loop = 'job_processor'"), 't',
 	'each database keeps its own history');
 
@@ -122,9 +122,9 @@ my $small = PostgreSQL::Test::Cluster->new('small');
 $small->init;
 $small->append_conf('postgresql.conf', "shared_preload_libraries = 'certctl_sched'\nmax_worker_processes = 3\n");
 $small->start;
-ok($small->log_contains(qr/certctl_sched needs 5 background worker slots, but max_worker_processes is 3/),
+ok($small->log_contains(qr/certctl_sched needs 6 background worker slots, but max_worker_processes is 3/),
 	'too few slots are reported');
-ok($small->log_contains(qr/HINT:  Set max_worker_processes to at least 6/), 'with the number to set');
+ok($small->log_contains(qr/HINT:  Set max_worker_processes to at least 7/), 'with the number to set');
 $small->stop;
 
 # loaded without preload: CREATE EXTENSION warns, status functions refuse clearly, run_loop still works

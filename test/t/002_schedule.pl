@@ -107,9 +107,6 @@ CertctlTest::poll_ok($node,
 ($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.job_processor_interval = 0");
 like($err, qr/invalid value for parameter "certctl_sched.job_processor_interval": 0\nDETAIL:  A loop interval must be positive, or -1 to disable the loop/,
 	'zero interval refused');
-($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.network_scan_interval = '1min'");
-like($err, qr/DETAIL:  This loop is not implemented in this version of certctl_sched; its interval must be -1/,
-	'loops without a body cannot be enabled');
 ($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.batch_size = 0");
 like($err, qr/0 is outside the valid range for parameter "certctl_sched.batch_size" \(1 \.\. 1000000\)/, 'batch size range');
 ($ret, $out, $err) = $node->psql('certctl', "ALTER SYSTEM SET certctl_sched.renewal_timeout = 'soon'");

@@ -36,7 +36,7 @@ sub node
 		$node->safe_psql('certctl', $schema);
 	}
 	my $conf = "shared_preload_libraries = 'certctl_sched'\ncertctl_sched.database = 'certctl'\n";
-	for my $loop (qw(renewal job_processor agent_health notifications short_lived_expiry))
+	for my $loop (qw(renewal job_processor agent_health notifications short_lived_expiry network_scan))
 	{
 		$conf .= "certctl_sched.${loop}_interval = -1\n" unless exists $opt{conf}{"${loop}_interval"};
 	}

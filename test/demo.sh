@@ -4,7 +4,8 @@
 # Usage: test/demo.sh [--keep]    --keep leaves the server running (on success) and prints how to connect.
 # The server listens only on a Unix socket in .demo/ (port 54329); it is stopped on any exit or interrupt.  Two
 # receivers on loopback take the alerts: a webhook receiver (test/sinks/http_sink.py) and an SMTP server
-# (test/sinks/smtp_sink.py); they stop with the demo.
+# (test/sinks/smtp_sink.py); TLS servers on 127.0.5.x (test/sinks/tls_servers.py, certificates made by
+# test/sinks/make_certs.sh) are there for the network scan to discover.  They stop with the demo.
 set -euo pipefail
 # shellcheck source=test/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -68,11 +69,27 @@ start_sinks() {
 	/usr/bin/python3 "$REPO_ROOT/test/sinks/smtp_sink.py" --host 127.0.0.1 --port 0 --mode plain \
 		--ready "$DEMO_DIR/smtp.port" --log "$DEMO_DIR/smtp.log" >"$DEMO_DIR/smtp.out" 2>&1 &
 	SINK_PIDS+=($!)
+	sh "$REPO_ROOT/test/sinks/make_certs.sh" "$DEMO_DIR/certs"
+	cat >"$DEMO_DIR/tls.json" <<-EOF
+		[{"host": "127.0.5.2", "port": 0, "group": "demo", "kind": "tls", "cert": "certs/rsa.pem", "key": "certs/rsa.key"},
+		 {"host": "127.0.5.3", "port": 0, "group": "demo", "kind": "tls", "cert": "certs/ec.pem", "key": "certs/ec.key"},
+		 {"host": "127.0.5.4", "port": 0, "group": "demo", "kind": "tls", "cert": "certs/chain.pem", "key": "certs/chain.key"},
+		 {"host": "127.0.5.5", "port": 0, "group": "demo", "kind": "tls", "cert": "certs/expired.pem", "key": "certs/expired.key"},
+		 {"host": "127.0.5.6", "port": 0, "group": "demo", "kind": "silent"}]
+	EOF
+	/usr/bin/python3 "$REPO_ROOT/test/sinks/tls_servers.py" --config "$DEMO_DIR/tls.json" --ready "$DEMO_DIR/tls.ready" \
+		>"$DEMO_DIR/tls.out" 2>&1 &
+	SINK_PIDS+=($!)
+	for _ in $(seq 100); do [ -s "$DEMO_DIR/tls.ready" ] && break; sleep 0.1; done
+	[ -s "$DEMO_DIR/tls.ready" ] || die "the TLS servers did not start: $(cat "$DEMO_DIR/tls.out")"
+	/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["port"])' "$DEMO_DIR/tls.ready" \
+		>"$DEMO_DIR/tls.port"
 	for name in http smtp; do
 		for _ in $(seq 100); do [ -s "$DEMO_DIR/$name.port" ] && break; sleep 0.1; done
 		[ -s "$DEMO_DIR/$name.port" ] || die "the $name receiver did not start: $(cat "$DEMO_DIR/$name.out")"
 	done
-	say "alert receivers: http://127.0.0.1:$(head -1 "$DEMO_DIR/http.port"), smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port")"
+	say "alert receivers: http://127.0.0.1:$(head -1 "$DEMO_DIR/http.port"), smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port");" \
+		"TLS servers on 127.0.5.2-6 port $(cat "$DEMO_DIR/tls.port")"
 }
 
 # Stop the alert receivers.
@@ -153,7 +170,7 @@ load_certctl() {
 # (the job processor twice, so that it also dispatches the renewal check's new jobs), then show what changed.
 run_loops() {
 	demo_psql certctl -v http="http://127.0.0.1:$(head -1 "$DEMO_DIR/http.port")/r/200" \
-		-v smtp="smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port")" <<-'EOF'
+		-v smtp="smtp://127.0.0.1:$(head -1 "$DEMO_DIR/smtp.port")" -v tls_port="$(cat "$DEMO_DIR/tls.port")" <<-'EOF'
 		SET client_min_messages = warning;
 		\pset footer off
 		CREATE TEMP TABLE snap_certs AS SELECT id, status FROM managed_certificates;
@@ -175,6 +192,8 @@ run_loops() {
 			('PagerDuty', 'demo-routing-key'), ('OpsGenie', 'demo-api-key'), ('Webhook', 'demo-signing-key')) v(c, s);
 		INSERT INTO certctl_sched.notification_channels (channel, endpoint, options)
 		VALUES ('Email', :'smtp', '{"from": "certctl@example.com", "tls": "none"}');
+		INSERT INTO network_scan_targets (id, name, cidrs, ports, timeout_ms)
+		VALUES ('nst-demo', 'demo TLS servers', '{127.0.5.0/29}', ARRAY[:'tls_port'::integer, 443], 1000);
 		COMMIT;
 		DO $$
 		BEGIN
@@ -227,6 +246,14 @@ run_loops() {
 		FROM agents a JOIN snap_agents s USING (id)
 		WHERE a.status IS DISTINCT FROM s.status
 		ORDER BY heartbeat_age LIMIT 10;
+
+		\echo '=== Certificates the network scan discovered (127.0.5.0/29 on two ports: four TLS servers, a silent one)'
+		SELECT source_path, common_name, serial_number, key_algorithm || ' ' || key_size AS key, is_ca,
+			   not_after::date, subject_dn, issuer_dn
+		FROM discovered_certificates ORDER BY source_path, is_ca;
+		SELECT certificates_found, certificates_new, errors_count, scan_duration_ms,
+			   (SELECT details -> 'errors' -> 0 ->> 'error' FROM audit_events WHERE resource_id = s.id) AS an_error
+		FROM discovery_scans s;
 
 		\echo '=== Audit events written'
 		SELECT action, count(*) AS events

@@ -117,13 +117,12 @@ typedef struct LoopDef
 	bool		run_at_start;	/* first run at start (else after one interval) */
 	const char *body;			/* SQL loops: the internal body function, e.g. "_renewal_batch" */
 	const char *const *tables;	/* certctl tables the loop touches (its owner's rights apply) */
-	const LoopOps *ops;			/* NULL: not implemented in this version */
+	const LoopOps *ops;
 } LoopDef;
 
 extern const LoopDef certctl_sched_loops[CERTCTL_SCHED_NLOOPS];
 extern const LoopDef *certctl_sched_loop_by_name(const char *name);
 extern const LoopDef *certctl_sched_loop_arg(const char *name);
-extern int	certctl_sched_implemented_loops(void);
 
 /* ----------------------------------------------------------------
  * Shared status (status.c)

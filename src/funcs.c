@@ -115,8 +115,7 @@ status_row(LoopSlot *s, bool in_recovery, int holder, Datum *values, bool *nulls
 
 	if (s->pid == 0)
 	{
-		/* a loop not implemented in this version has no worker (init.c) */
-		state = in_recovery ? "standby" : certctl_sched_loops[s->loop].ops ? "stopped" : "disabled";
+		state = in_recovery ? "standby" : "stopped";
 		s->interval_ms = certctl_sched_interval_ms[s->loop];
 	}
 	else
@@ -219,8 +218,6 @@ why_not_runnable(const LoopDef *def, LoopSlot *slot)
 {
 	LoopState	state;
 
-	if (def->ops == NULL)
-		return "it is not implemented in this version";
 	if (!certctl_sched_enabled || certctl_sched_interval_ms[def->index] < 0)
 		return "it is disabled";
 	LWLockAcquire(certctl_sched_shared->lock, LW_SHARED);
@@ -290,19 +287,6 @@ now_arg(FunctionCallInfo fcinfo, int argno)
 	return now;
 }
 
-/* Returns the loop named by argument 0 after checking that this version implements it. */
-static const LoopDef *
-implemented_loop_arg(FunctionCallInfo fcinfo)
-{
-	const LoopDef *def = loop_arg(fcinfo, 0);
-
-	if (def->ops == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("certctl_sched loop \"%s\" is not implemented in this version", def->name)));
-	return def;
-}
-
 /* Raises the reason a run could not start (extension missing or outdated). */
 static void
 report_not_run(const RunOutcome *out)
@@ -323,7 +307,7 @@ report_not_run(const RunOutcome *out)
 Datum
 certctl_sched_run_loop(PG_FUNCTION_ARGS)
 {
-	const LoopDef *def = implemented_loop_arg(fcinfo);
+	const LoopDef *def = loop_arg(fcinfo, 0);
 	TimestampTz now = now_arg(fcinfo, 1);
 	TupleDesc	tupdesc;
 	RunOutcome	out;
@@ -351,7 +335,7 @@ certctl_sched_run_loop(PG_FUNCTION_ARGS)
 Datum
 certctl_sched_run_procedure(PG_FUNCTION_ARGS)
 {
-	const LoopDef *def = implemented_loop_arg(fcinfo);
+	const LoopDef *def = loop_arg(fcinfo, 0);
 	TimestampTz now = now_arg(fcinfo, 1);
 	CallContext *call = (CallContext *) fcinfo->context;
 	RunOutcome	out;

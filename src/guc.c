@@ -343,7 +343,7 @@ certctl_sched_define_settings(bool preloading)
 	{
 		DefineCustomStringVariable("certctl_sched.database",
 								   "Sets the database(s) the loops run in.",
-								   "A comma-separated list; each database gets one worker per implemented loop.",
+								   "A comma-separated list; each database gets one worker per loop.",
 								   &certctl_sched_database, "postgres",
 								   PGC_POSTMASTER, 0, check_database, NULL, NULL);
 		DefineCustomStringVariable("certctl_sched.role",

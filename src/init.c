@@ -2,7 +2,7 @@
  *
  * init.c
  *		Module entry point: defines the settings, requests the shared status
- *		and registers one background worker per implemented loop and
+ *		and registers one background worker per loop and
  *		database.
  *
  * Only a library loaded through shared_preload_libraries can register
@@ -33,8 +33,7 @@ PG_MODULE_MAGIC;
 static void
 check_worker_slots(int ndb)
 {
-	int			implemented = certctl_sched_implemented_loops();
-	int			needed = ndb * implemented;
+	int			needed = ndb * CERTCTL_SCHED_NLOOPS;
 	int			others = (max_logical_replication_workers > 0) ? 1 : 0;
 
 	if (needed + others <= max_worker_processes)
@@ -45,7 +44,7 @@ check_worker_slots(int ndb)
 					needed, max_worker_processes),
 			 errdetail_plural("certctl_sched runs %d workers in %d database (certctl_sched.database)%s.",
 							  "certctl_sched runs %d workers in each of %d databases (certctl_sched.database)%s.",
-							  ndb, implemented, ndb,
+							  ndb, CERTCTL_SCHED_NLOOPS, ndb,
 							  others ? ", and the logical replication launcher takes one more slot" : ""),
 			 errhint("Set max_worker_processes to at least %d (plus what parallel query and other extensions need) and restart the server.",
 					 needed + others)));
@@ -130,6 +129,5 @@ _PG_init(void)
 	check_worker_slots(ndb);
 	for (int d = 0; d < ndb; d++)
 		for (int i = 0; i < CERTCTL_SCHED_NLOOPS; i++)
-			if (certctl_sched_loops[i].ops != NULL)
-				register_worker(&certctl_sched_loops[i], dbnames[d], d * CERTCTL_SCHED_NLOOPS + i);
+			register_worker(&certctl_sched_loops[i], dbnames[d], d * CERTCTL_SCHED_NLOOPS + i);
 }

@@ -5,8 +5,7 @@
  *		name, defaults, the certctl tables it touches and how it runs.
  *
  * The order is fixed: a loop's advisory lock key is its position plus one,
- * and the keys are documented.  A loop with ops == NULL is not implemented
- * in this version: it gets no worker and its interval stays -1.
+ * and the keys are documented.
  *
  *-------------------------------------------------------------------------
  */
@@ -69,16 +68,4 @@ certctl_sched_loop_arg(const char *name)
 				 errmsg("unknown certctl_sched loop \"%s\"", name),
 				 errhint("The loops are renewal, job_processor, agent_health, notifications, short_lived_expiry and network_scan.")));
 	return def;
-}
-
-/* Returns how many loops this version implements (each gets a worker per database). */
-int
-certctl_sched_implemented_loops(void)
-{
-	int			n = 0;
-
-	for (int i = 0; i < CERTCTL_SCHED_NLOOPS; i++)
-		if (certctl_sched_loops[i].ops != NULL)
-			n++;
-	return n;
 }

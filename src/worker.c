@@ -331,7 +331,6 @@ certctl_sched_worker_main(Datum main_arg)
 
 	MySlot = &certctl_sched_shared->slots[DatumGetInt32(main_arg)];
 	MyDef = &certctl_sched_loops[MySlot->loop];
-	Assert(MyDef->ops != NULL); /* loops without an implementation get no worker (init.c) */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, handle_sigterm);

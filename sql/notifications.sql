@@ -98,6 +98,18 @@ UPDATE certctl_sched.notification_channels SET endpoint = 'smtp://mail.example',
 WHERE channel = 'Email';
 SELECT r.id, r.url, r.starttls FROM claim, certctl_sched._notification_requests(claim.notifications, '{}') r
 WHERE r.channel = 'Email' ORDER BY r.id;
+-- only starttls or none: anything else could send the password in the clear
+UPDATE certctl_sched.notification_channels SET options = '{"from": "a@example.com", "tls": "STARTTLS"}' WHERE channel = 'Email';
+SELECT r.id, r.starttls, r.error FROM claim, certctl_sched._notification_requests(claim.notifications, '{}') r
+WHERE r.channel = 'Email' ORDER BY r.id;
+-- an id with a control character (it is the Idempotency-Key and the Message-ID) would inject a header
+SELECT r.channel, r.error FROM certctl_sched._notification_requests(jsonb_build_array(
+	jsonb_build_object('id', E'n17\r\nX-Injected: 1', 'channel', 'Webhook', 'type', 'T', 'recipient', 'x', 'message', 'm'),
+	jsonb_build_object('id', E'n18\r\nBcc: victim@example.com', 'channel', 'Email', 'type', 'T', 'recipient', 'x@example.com',
+		'message', 'm')), '{}') r ORDER BY 1;
+-- a secret with a control character would inject a header
+SELECT r.id, r.error FROM claim, certctl_sched._notification_requests(claim.notifications, E'{"OpsGenie": "key\\r\\nX: y"}') r
+WHERE r.channel = 'OpsGenie';
 DROP TABLE claim, req;
 
 -- the retry state table: what becomes of a row after a send, from its state and the outcome
@@ -151,6 +163,17 @@ SELECT certctl_sched._notifications_record(:'now', certctl_sched._notification_a
 SELECT id, status, error FROM nt_old.notification_events WHERE id = 'o1';
 SELECT count(*) AS attempts_left FROM certctl_sched.notification_attempts;
 
+-- a 429 on 4d59fd1's schema spends no attempt either: the row keeps today's status, pending, in notification_attempts
+INSERT INTO nt_old.notification_events (id, type, channel, recipient, message) VALUES
+	('r1', 'ExpirationWarning', 'Webhook', 'hooks', 'rate limited');
+SELECT certctl_sched._notifications_record(:'now', certctl_sched._notification_attempts_record(:'now', 'nt_old',
+	'[{"id": "r1", "outcome": "retry_after", "retry_after": 30, "error": "HTTP 429"}]'));
+SELECT status, retry_count, next_retry_at - :'now'::timestamptz AS retry_in FROM certctl_sched.notification_attempts;
+SELECT certctl_sched._notifications_record(:'now', certctl_sched._notification_attempts_record(:'now', 'nt_old',
+	'[{"id": "r1", "outcome": "transient", "error": "HTTP 500"}]'));
+SELECT status, retry_count, next_retry_at - :'now'::timestamptz AS retry_in FROM certctl_sched.notification_attempts;
+DELETE FROM certctl_sched.notification_attempts;
+
 -- the delivery guard: certctl's own server (its UpdateStatus statement) cannot mark a row sent that it did not send;
 -- the loop's recording can
 INSERT INTO nt_old.notification_events (id, type, channel, recipient, message) VALUES
@@ -189,6 +212,7 @@ SELECT line FROM regexp_split_to_table(certctl_sched.metrics(), E'\n') line WHER
 DELETE FROM certctl_sched.notification_backlog;
 
 -- test_channel(): clear errors for a channel it cannot use (no network is touched)
+SELECT * FROM certctl_sched.test_channel(NULL);
 SELECT * FROM certctl_sched.test_channel('Nope');
 UPDATE certctl_sched.notification_channels SET enabled = false WHERE channel = 'Slack';
 SELECT * FROM certctl_sched.test_channel('Slack');

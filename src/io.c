@@ -81,10 +81,20 @@ certctl_sched_io_start(void)
 				(errcode_for_socket_access(),
 				 errmsg("could not create an epoll descriptor: %m")));
 	}
-	io->set = CreateWaitEventSet(CurrentMemoryContext, 3);
-	AddWaitEventToSet(io->set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(io->set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(io->set, WL_SOCKET_READABLE, io->epfd, NULL, NULL);
+	PG_TRY();
+	{
+		io->set = CreateWaitEventSet(CurrentMemoryContext, 3);
+		AddWaitEventToSet(io->set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		if (IsUnderPostmaster)
+			AddWaitEventToSet(io->set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		AddWaitEventToSet(io->set, WL_SOCKET_READABLE, io->epfd, NULL, NULL);
+	}
+	PG_CATCH();
+	{
+		certctl_sched_io_finish(io);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return io;
 }
 
@@ -110,7 +120,7 @@ certctl_sched_io_finish(IoCore *io)
 /*
  * Watches socket fd for events (EPOLLIN, EPOLLOUT), reporting ptr when it is
  * ready; watching it again changes the events.  Returns false, with errno
- * set, if epoll refuses (the caller fails that one transfer).
+ * set, if epoll refuses (the caller fails that one transfer or handshake).
  */
 bool
 certctl_sched_io_watch(IoCore *io, int fd, uint32 events, void *ptr, bool already_watched)

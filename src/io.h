@@ -50,6 +50,7 @@ typedef struct Transfer
 	int			curl_code;		/* CURLcode */
 	char		error[256];		/* why it failed: curl's error, or the address refusal */
 	bool		refused;		/* its address was refused by the egress policy */
+	bool		no_fd;			/* no file descriptor was left for its socket */
 	long		retry_after_s;	/* Retry-After (seconds), -1: none */
 	char		response[256];	/* the start of the response body */
 	int			response_len;
@@ -60,8 +61,11 @@ typedef struct TransferLimits
 	int			concurrency;	/* transfers in flight */
 	int			per_group;		/* of one group */
 	int			timeout_ms;		/* connect and whole transfer */
-	TimestampTz stop_at;		/* soft stop: abort what is in flight (0: none) */
+	TimestampTz (*stop_at) (void *arg); /* soft stop: abort what is in flight (0: none); asked again and again */
+	void	   *arg;
 	bool		(*stop_starting) (void);	/* no new transfer from now on (SIGTERM) */
+	int			breaker;		/* a group starts no more after this many transient failures in a row (0: never) */
+	bool		(*transient) (const Transfer *t);	/* is a finished transfer's failure transient? */
 } TransferLimits;
 
 extern int	certctl_sched_transfer_all(Transfer *transfers, int n, const TransferLimits *limits);

@@ -32,6 +32,7 @@
 #include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -44,8 +45,10 @@ PG_FUNCTION_INFO_V1(certctl_sched_test_channel);
 int			certctl_sched_notifications_concurrency = 16;
 int			certctl_sched_notifications_request_timeout_ms = 10000;	/* certctl's notifiers' */
 
-/* consecutive failures of a channel in a run after which its other rows wait for the next run */
+/* consecutive transient failures of a channel after which its other rows of the batch wait for the next run */
 #define BREAKER_FAILURES	5
+/* longest Retry-After honoured (seconds) */
+#define MAX_RETRY_AFTER_S	3600
 /* largest secret read from a file */
 #define MAX_SECRET_FILE		65536
 
@@ -58,7 +61,6 @@ typedef struct Channel
 	char	   *secret;			/* resolved; NULL: none */
 	char	   *endpoint;		/* (to scrub from error texts) */
 	char	   *problem;		/* why an enabled channel cannot be used, NULL if it can */
-	int			failures;		/* consecutive transient failures in this run */
 	bool		tripped;		/* its circuit broke: no more sends this run */
 } Channel;
 
@@ -70,6 +72,8 @@ typedef struct NotifyRun
 	int			nchannels;
 	Channel    *channels;
 	StringInfoData warnings;	/* configuration problems, reported once at the end of the run */
+	int			no_fd;			/* notifications not sent for want of a file descriptor */
+	bool		count_next;		/* the next batch only counts the backlog */
 } NotifyRun;
 
 /* one notification of a batch, as rendered */
@@ -219,6 +223,19 @@ sending_channels(NotifyRun *nr)
 	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/* Returns a text[] Datum of the enabled channels that cannot be used (their secret is unavailable). */
+static Datum
+unusable_channels(NotifyRun *nr)
+{
+	Datum	   *names = palloc(sizeof(Datum) * Max(nr->nchannels, 1));
+	int			n = 0;
+
+	for (int i = 0; i < nr->nchannels; i++)
+		if (nr->channels[i].enabled && !nr->channels[i].usable)
+			names[n++] = CStringGetTextDatum(nr->channels[i].name);
+	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /* Returns a JSON object text {channel: secret} of the usable channels' secrets, built by PostgreSQL. */
 static char *
 secrets_json(NotifyRun *nr)
@@ -341,42 +358,83 @@ scrub(const char *str, const char *secret)
 	return out.data;
 }
 
-/* Returns the start of a response body for an error message: whitespace collapsed, at most 200 bytes. */
+/*
+ * Returns the start of a response body for an error message: whitespace
+ * collapsed, at most 200 bytes of whole characters, bytes that are not
+ * valid in the database encoding replaced by '?'.
+ */
 static char *
 body_excerpt(const Transfer *t)
 {
 	StringInfoData out;
 	bool		space = false;
+	int			enc = GetDatabaseEncoding();
 
 	initStringInfo(&out);
-	for (int i = 0; i < t->response_len && out.len < 200; i++)
+	for (int i = 0; i < t->response_len;)
 	{
-		char		c = t->response[i];
+		unsigned char c = (unsigned char) t->response[i];
+		int			len = 1;
 
 		if (c == '\r' || c == '\n' || c == '\t' || c == ' ')
 			space = out.len > 0;
-		else if ((unsigned char) c >= 0x20)
+		else if (c >= 0x20 && c != 0x7f)
 		{
+			if (c >= 0x80)
+				len = pg_encoding_verifymbchar(enc, t->response + i, t->response_len - i);
+			if (out.len + (space ? 1 : 0) + Max(len, 1) > 200)
+				break;
 			if (space)
 				appendStringInfoChar(&out, ' ');
-			appendStringInfoChar(&out, c);
+			if (len > 0)
+				appendBinaryStringInfo(&out, t->response + i, len);
+			else
+				appendStringInfoChar(&out, '?');
+			len = Max(len, 1);
 			space = false;
 		}
+		i += len;
 	}
 	return out.data;
 }
 
 /*
- * Classifies the outcome of a notification: "sent", "retry_after",
- * "transient", "permanent", or NULL when it was not sent (aborted, never
- * started); *error gets the text to record (scrubbed of secrets).
+ * Classifies a finished transfer: "sent", "retry_after" (429), "transient"
+ * (5xx, 408, timeouts, connection errors, SMTP 4xx) or "permanent" (other
+ * 4xx, SMTP 5xx, a refused address, a malformed URL).
+ */
+static const char *
+transfer_outcome(const Transfer *t)
+{
+	bool		smtp = t->url && pg_strncasecmp(t->url, "smtp", 4) == 0;
+
+	if (t->curl_code == 0 && (smtp || (t->status >= 200 && t->status < 300)))
+		return "sent";
+	if (t->curl_code == 0)
+		return t->status == 429 ? "retry_after" :
+			(t->status == 408 || t->status >= 500) ? "transient" : "permanent";
+	return (t->refused || t->curl_code == 3 /* CURLE_URL_MALFORMAT */ || t->curl_code == 1 ||
+			(smtp && t->status >= 500)) ? "permanent" : "transient";
+}
+
+/* TransferLimits.transient: does a finished transfer count toward its channel's circuit breaker? */
+static bool
+transfer_transient(const Transfer *t)
+{
+	return !t->no_fd && strcmp(transfer_outcome(t), "transient") == 0;
+}
+
+/*
+ * Classifies the outcome of a notification: an outcome of
+ * transfer_outcome(), "permanent" for a row no request could be made for, or
+ * NULL when it was not sent (aborted, never started, no descriptor left);
+ * *error gets the text to record (scrubbed of secrets).
  */
 static const char *
 classify(const Notification *x, char **error)
 {
 	const Transfer *t = &x->t;
 	const char *chan = x->channel ? x->channel->name : "?";
-	bool		smtp = t->url && pg_strncasecmp(t->url, "smtp", 4) == 0;
 	const char *outcome;
 	char	   *text;
 
@@ -386,48 +444,23 @@ classify(const Notification *x, char **error)
 		*error = psprintf("%s: %s", chan, x->error);
 		return "permanent";
 	}
-	if (!t->done)
+	if (!t->done || t->no_fd)
 		return NULL;
-	if (t->curl_code == 0 && (smtp || (t->status >= 200 && t->status < 300)))
-		return "sent";
+	outcome = transfer_outcome(t);
+	if (strcmp(outcome, "sent") == 0)
+		return outcome;
 	if (t->curl_code == 0)
 	{
 		char	   *excerpt = body_excerpt(t);
 
 		text = psprintf("%s: HTTP %ld%s%s", chan, t->status, excerpt[0] ? ": " : "", excerpt);
-		outcome = t->status == 429 ? "retry_after" :
-			(t->status == 408 || t->status >= 500) ? "transient" : "permanent";
 	}
 	else
-	{
 		text = psprintf("%s: %s", chan, t->error);
-		/* refused addresses, malformed URLs and SMTP's permanent (5xx) replies are not retried */
-		outcome = (t->refused || t->curl_code == 3 /* CURLE_URL_MALFORMAT */ || t->curl_code == 1 ||
-				   (smtp && t->status >= 500)) ? "permanent" : "transient";
-	}
 	if (x->channel)
 		text = scrub(scrub(text, x->channel->secret), x->channel->endpoint);
 	*error = text;
 	return outcome;
-}
-
-/* Counts a channel's result toward its circuit breaker; notes when it breaks. */
-static void
-breaker(NotifyRun *nr, Channel *c, const char *outcome)
-{
-	if (c == NULL || outcome == NULL)
-		return;
-	if (strcmp(outcome, "transient") != 0)
-	{
-		c->failures = 0;
-		return;
-	}
-	if (++c->failures >= BREAKER_FAILURES && !c->tripped)
-	{
-		c->tripped = true;
-		appendStringInfo(&nr->warnings, "%schannel %s failed %d times in a row: its other notifications wait for the next run",
-						 nr->warnings.len ? "; " : "", c->name, BREAKER_FAILURES);
-	}
 }
 
 /* Returns a text[] Datum of the given strings (NULLs allowed). */
@@ -475,18 +508,21 @@ record(RunContext *ctx, NotifyRun *nr, Notification *xs, int n, Oid owner)
 		char	   *error;
 		const char *outcome = classify(&xs[i], &error);
 
-		breaker(nr, xs[i].channel, outcome);
+		if (xs[i].t.no_fd)
+			nr->no_fd++;
 		if (outcome == NULL)
 			continue;
 		ids[m] = xs[i].id;
 		outcomes[m] = (char *) outcome;
 		errors[m] = error;
-		retry[m] = xs[i].t.retry_after_s > 0 ? psprintf("%ld", xs[i].t.retry_after_s) : NULL;
+		retry[m] = strcmp(outcome, "retry_after") == 0 && xs[i].t.retry_after_s > 0 ?
+			psprintf("%ld", Min(xs[i].t.retry_after_s, (long) MAX_RETRY_AFTER_S)) : NULL;
 		m++;
 	}
 	if (m == 0)
 		return 0;
-	values[0] = TimestampTzGetDatum(ctx->sched);
+	/* retries count from when the answers came: the tick plus the time the run has taken */
+	values[0] = TimestampTzGetDatum(ctx->sched + (GetCurrentTimestamp() - ctx->started));
 	values[1] = text_array(ids, m);
 	values[2] = text_array(outcomes, m);
 	values[3] = text_array(retry, m);
@@ -533,6 +569,13 @@ record(RunContext *ctx, NotifyRun *nr, Notification *xs, int n, Oid owner)
  * ----------------------------------------------------------------
  */
 
+/* TransferLimits.stop_at: the run's soft stop, which SIGTERM brings forward. */
+static TimestampTz
+soft_stop(void *arg)
+{
+	return certctl_sched_guard_soft_stop_at((const RunContext *) arg);
+}
+
 /* TransferLimits.stop_starting of a worker: SIGTERM stops new sends. */
 static bool
 worker_stopping(void)
@@ -558,8 +601,11 @@ send_all(RunContext *ctx, Notification *xs, int n)
 	lim.concurrency = Max(certctl_sched_notifications_concurrency, 1);
 	lim.per_group = Max(lim.concurrency / 2, 1);
 	lim.timeout_ms = certctl_sched_notifications_request_timeout_ms;
-	lim.stop_at = certctl_sched_guard_soft_stop_at(ctx);
+	lim.stop_at = soft_stop;
+	lim.arg = ctx;
 	lim.stop_starting = ctx->mode == RUN_WORKER ? worker_stopping : NULL;
+	lim.breaker = BREAKER_FAILURES;
+	lim.transient = transfer_transient;
 	(void) certctl_sched_transfer_all(ts, m, &lim);
 	for (int j = 0; j < m; j++)
 		xs[map[j]].t = ts[j];
@@ -640,31 +686,32 @@ count_backlog(RunContext *ctx, NotifyRun *nr, Oid owner)
 	Oid			argtypes[2] = {TIMESTAMPTZOID, TEXTARRAYOID};
 	Datum		values[2] = {TimestampTzGetDatum(ctx->sched), waiting_ids(ctx)};
 	char	   *counts;
+	MemoryContext caller = CurrentMemoryContext;
 
 	certctl_sched_enter_role(&rs, owner, true);
 	SPI_connect();
 	SPI_execute_with_args("SELECT coalesce(pg_catalog.jsonb_agg(b), '[]')::pg_catalog.text"
 						  " FROM certctl_sched._notifications_backlog($1, $2) b", 2, argtypes, values, NULL, false, 1);
-	counts = spi_text(0, 1, CurrentMemoryContext);
-	counts = counts ? pstrdup(counts) : pstrdup("[]");
+	counts = spi_text(0, 1, caller);
 	SPI_finish();
 	certctl_sched_leave_role(&rs);
 
 	certctl_sched_enter_role(&rs, ctx->ext_owner, false);
 	SPI_connect();
 	{
-		Oid			btypes[2] = {TIMESTAMPTZOID, TEXTOID};
-		Datum		bvalues[2] = {values[0], CStringGetTextDatum(counts)};
+		Oid			btypes[3] = {TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID};
+		Datum		bvalues[3] = {values[0], CStringGetTextDatum(counts ? counts : "[]"), unusable_channels(nr)};
 
 		SPI_execute("DELETE FROM certctl_sched.notification_backlog", false, 0);
 		SPI_execute_with_args(
 			"INSERT INTO certctl_sched.notification_backlog (channel, state, due, waiting, counted_at)"
 			" SELECT b.channel, CASE WHEN c.channel IS NULL THEN 'unconfigured' WHEN NOT c.enabled THEN 'disabled'"
-			"        ELSE 'configured' END, b.due, b.waiting, $1"
+			"        WHEN c.channel OPERATOR(pg_catalog.=) ANY ($3) THEN 'unusable' ELSE 'configured' END,"
+			" b.due, b.waiting, $1"
 			" FROM pg_catalog.jsonb_to_recordset($2::pg_catalog.jsonb) AS b(channel text, due bigint, waiting bigint)"
 			" LEFT JOIN certctl_sched.notification_channels c"
 			"   ON pg_catalog.lower(c.channel) OPERATOR(pg_catalog.=) pg_catalog.lower(b.channel)",
-			2, btypes, bvalues, NULL, false, 0);
+			3, btypes, bvalues, NULL, false, 0);
 		SPI_execute("SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', channel, due), ', ' ORDER BY channel)"
 					" FROM certctl_sched.notification_backlog WHERE state OPERATOR(pg_catalog.<>) 'configured'"
 					" AND due OPERATOR(pg_catalog.>) 0", false, 1);
@@ -698,39 +745,56 @@ notify_begin(RunContext *ctx)
 	ctx->loop_state = nr;
 }
 
-/* Returns how many notifications of a batch were not sent (never started, or aborted). */
+/*
+ * Notes the channels whose circuit broke in this batch (transfer.c started
+ * no more of them) and returns how many notifications were left unsent for
+ * another reason: aborted at the soft stop, never started because SIGTERM
+ * came, no descriptor left.
+ */
 static int
-unsent(const Notification *xs, int n)
+unsent(NotifyRun *nr, const Notification *xs, int n, bool stopping)
 {
 	int			count = 0;
 
 	for (int i = 0; i < n; i++)
-		if (xs[i].error == NULL && !xs[i].t.done)
+	{
+		const Notification *x = &xs[i];
+
+		if (x->error != NULL || (x->t.done && !x->t.no_fd))
+			continue;
+		if (!x->t.started && !stopping && x->channel && !x->channel->tripped)
+		{
+			x->channel->tripped = true;
+			appendStringInfo(&nr->warnings, "%schannel %s failed %d times in a row: its other notifications wait for the next run",
+							 nr->warnings.len ? "; " : "", x->channel->name, BREAKER_FAILURES);
+		}
+		if (x->t.started || stopping || x->t.no_fd)
 			count++;
+	}
 	return count;
 }
 
-/* LoopOps.batch: claim, render, send, record one batch; returns the notifications recorded. */
-static int64
-notify_batch(RunContext *ctx)
+/* Returns whether the run must stop sending: SIGTERM (a worker's), or its soft stop has come. */
+static bool
+stopping(RunContext *ctx)
 {
-	NotifyRun  *nr = (NotifyRun *) ctx->loop_state;
-	Oid			owner = certctl_sched_tables_owner(ctx->def);
+	TimestampTz stop = certctl_sched_guard_soft_stop_at(ctx);
+
+	return (ctx->mode == RUN_WORKER && certctl_sched_shutdown_requested()) ||
+		(stop != 0 && GetCurrentTimestamp() >= stop);
+}
+
+/* One batch: claim, render, send, record; returns the notifications recorded.  See notify_batch(). */
+static int64
+send_batch(RunContext *ctx, NotifyRun *nr, Oid owner)
+{
 	int			limit = 4 * Max(certctl_sched_notifications_concurrency, 1);
 	int			claimed = 0;
 	int			n = 0;
-	char	   *json;
+	char	   *json = claim(ctx, nr, owner, limit, &claimed);
 	Notification *xs;
 	int64		recorded;
 
-	if (!nr->loaded)
-	{
-		MemoryContext old = MemoryContextSwitchTo(ctx->mcxt);
-
-		load_channels(ctx, nr, ctx->ext_owner);
-		MemoryContextSwitchTo(old);
-	}
-	json = claim(ctx, nr, owner, limit, &claimed);
 	ctx->done = claimed < limit;
 	if (claimed == 0)
 	{
@@ -740,15 +804,53 @@ notify_batch(RunContext *ctx)
 	xs = render(nr, json, ctx->ext_owner, &n);
 	send_all(ctx, xs, n);
 	recorded = record(ctx, nr, xs, n, owner);
-	/*
-	 * Some were not sent: SIGTERM stopped new sends (the runner then ends the
-	 * run as interrupted), or the soft stop came (the run ends here).  They
-	 * wait for the next run.
-	 */
-	if (unsent(xs, n) > 0)
-		ctx->done = !certctl_sched_shutdown_requested();
+	if (unsent(nr, xs, n, stopping(ctx)) > 0)
+	{
+		/* SIGTERM: the runner ends the run as interrupted; soft stop, no descriptor: the run ends here */
+		ctx->done = !(ctx->mode == RUN_WORKER && certctl_sched_shutdown_requested());
+		return recorded;
+	}
+	/* the backlog is counted in a transaction of its own, once these outcomes are committed */
 	if (ctx->done)
-		count_backlog(ctx, nr, owner);
+	{
+		nr->count_next = true;
+		ctx->done = false;
+	}
+	return recorded;
+}
+
+/*
+ * LoopOps.batch: one batch of notifications (in a memory context of its
+ * own, so that run_loop()'s batches, subtransactions kept to the end of the
+ * caller's transaction, do not pile up what they allocated); or, after the
+ * last one, the count of the backlog, unless the soft stop has come.
+ */
+static int64
+notify_batch(RunContext *ctx)
+{
+	NotifyRun  *nr = (NotifyRun *) ctx->loop_state;
+	Oid			owner = certctl_sched_tables_owner(ctx->def);
+	MemoryContext batch = AllocSetContextCreate(CurrentMemoryContext, "certctl_sched notifications batch",
+												ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(batch);
+	int64		recorded = 0;
+
+	if (!nr->loaded)
+	{
+		MemoryContextSwitchTo(ctx->mcxt);
+		load_channels(ctx, nr, ctx->ext_owner);
+		MemoryContextSwitchTo(batch);
+	}
+	if (nr->count_next)
+	{
+		if (!stopping(ctx))
+			count_backlog(ctx, nr, owner);
+		ctx->done = true;
+	}
+	else
+		recorded = send_batch(ctx, nr, owner);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch);
 	return recorded;
 }
 
@@ -758,6 +860,9 @@ notify_end(RunContext *ctx)
 {
 	NotifyRun  *nr = (NotifyRun *) ctx->loop_state;
 
+	if (nr && nr->no_fd > 0)
+		appendStringInfo(&nr->warnings, "%sno file descriptor was left for %d notification(s): they wait for the next run (raise max_files_per_process, or lower certctl_sched.notifications_concurrency)",
+						 nr->warnings.len ? "; " : "", nr->no_fd);
 	if (nr && nr->warnings.len > 0)
 		strlcpy(ctx->out.warning, nr->warnings.data, CERTCTL_SCHED_ERRLEN);
 	for (int i = 0; nr && i < nr->nchannels; i++)
@@ -800,7 +905,7 @@ certctl_sched_hmac_sha256_hex(PG_FUNCTION_ARGS)
 Datum
 certctl_sched_test_channel(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *name;
 	char	   *recipient = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	RunContext	ctx;
 	NotifyRun	nr;
@@ -820,6 +925,11 @@ certctl_sched_test_channel(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("channel must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	certctl_sched_read_extension(NULL, &st);
 	memset(&ctx, 0, sizeof(ctx));
 	memset(&nr, 0, sizeof(nr));
@@ -854,7 +964,7 @@ certctl_sched_test_channel(PG_FUNCTION_ARGS)
 						  " 'message', 'This is a test message from certctl_sched.',"
 						  " 'created_at', pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')))::pg_catalog.text",
 						  3, argtypes, args, argnulls, true, 1);
-	json = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	json = spi_text(0, 1, ctx.mcxt);
 	SPI_finish();
 
 	xs = render(&nr, json, st.owner, &n);

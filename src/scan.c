@@ -398,9 +398,9 @@ scan_begin(RunContext *ctx)
 	ctx->loop_state = MemoryContextAllocZero(ctx->mcxt, sizeof(ScanRun));
 }
 
-/* LoopOps.batch: claim, probe, record one batch of targets; returns the targets recorded. */
+/* Claims, probes and records one batch of targets; returns the targets recorded.  See scan_batch(). */
 static int64
-scan_batch(RunContext *ctx)
+scan_targets(RunContext *ctx)
 {
 	ScanRun    *sr = (ScanRun *) ctx->loop_state;
 	Oid			owner = certctl_sched_tables_owner(ctx->def);
@@ -446,6 +446,24 @@ scan_end(RunContext *ctx)
 		snprintf(ctx->out.warning, CERTCTL_SCHED_ERRLEN,
 				 "only %d handshakes could run at once, not certctl_sched.network_scan_concurrency (%d): no file descriptor was left (raise max_files_per_process)",
 				 sr->capped, certctl_sched_network_scan_concurrency);
+}
+
+/*
+ * LoopOps.batch: one batch of targets, in a memory context of its own (the
+ * certificates are many; run_loop()'s batches, subtransactions kept to the
+ * end of the caller's transaction, must not pile them up).
+ */
+static int64
+scan_batch(RunContext *ctx)
+{
+	MemoryContext batch = AllocSetContextCreate(CurrentMemoryContext, "certctl_sched network scan batch",
+												ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(batch);
+	int64		n = scan_targets(ctx);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch);
+	return n;
 }
 
 const LoopOps certctl_sched_scan_ops = {scan_begin, scan_batch, scan_end};

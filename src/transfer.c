@@ -36,11 +36,16 @@
 char	   *certctl_sched_http_proxy = NULL;
 char	   *certctl_sched_ca_file = NULL;
 
-/* a socket libcurl asked us to watch (malloc'd: created in a callback) */
-typedef struct CurlSocket
+/* curl_multi_assign()'s mark of a socket already in the I/O core */
+#define WATCHED		((void *) 1)
+
+/* a group's consecutive transient failures in this call, and whether its circuit broke */
+typedef struct GroupState
 {
-	int			fd;
-} CurlSocket;
+	const char *group;
+	int			failures;
+	bool		tripped;
+} GroupState;
 
 /* what the run keeps per transfer */
 typedef struct TransferState
@@ -62,7 +67,8 @@ typedef struct TransferRun
 	IoCore	   *io;
 	int			in_flight;
 	TimestampTz timer_at;		/* libcurl's next timeout, 0: none */
-	bool		socket_error;	/* the socket callback failed */
+	GroupState *groups;
+	int			ngroups;
 } TransferRun;
 
 static bool curl_ready = false;
@@ -103,21 +109,24 @@ ensure_curl(void)
 	curl_ready = true;
 }
 
-/* CURLMOPT_SOCKETFUNCTION: watch, re-watch or forget a socket in the I/O core. */
+/*
+ * CURLMOPT_SOCKETFUNCTION: watch, re-watch or forget a socket in the I/O
+ * core.  The I/O core reports the descriptor itself (no allocation to free,
+ * nothing to read after libcurl closed it).  A socket epoll refuses makes
+ * libcurl abort its transfer, which then fails like any other.
+ */
 static int
 socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
 	TransferRun *run = (TransferRun *) userp;
-	CurlSocket *cs = (CurlSocket *) socketp;
 	uint32		events = 0;
 
 	if (what == CURL_POLL_REMOVE)
 	{
-		if (cs != NULL)
+		if (socketp != NULL)
 		{
 			certctl_sched_io_forget(run->io, s);
 			curl_multi_assign(run->multi, s, NULL);
-			free(cs);
 		}
 		return 0;
 	}
@@ -125,26 +134,10 @@ socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 		events |= EPOLLIN;
 	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
 		events |= EPOLLOUT;
-	if (cs == NULL)
-	{
-		cs = malloc(sizeof(CurlSocket));
-		if (cs == NULL)
-			return -1;
-		cs->fd = s;
-		if (!certctl_sched_io_watch(run->io, s, events, cs, false))
-		{
-			free(cs);
-			run->socket_error = true;
-			return -1;
-		}
-		curl_multi_assign(run->multi, s, cs);
-		return 0;
-	}
-	if (!certctl_sched_io_watch(run->io, s, events, cs, true))
-	{
-		run->socket_error = true;
+	if (!certctl_sched_io_watch(run->io, s, events, (void *) (intptr_t) s, socketp != NULL))
 		return -1;
-	}
+	if (socketp == NULL)
+		curl_multi_assign(run->multi, s, WATCHED);
 	return 0;
 }
 
@@ -182,6 +175,7 @@ opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *address
 	if (!certctl_sched_io_acquire_fd())
 	{
 		snprintf(t->error, sizeof(t->error), "no file descriptor left");
+		t->no_fd = true;
 		return CURL_SOCKET_BAD;
 	}
 	fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
@@ -307,6 +301,17 @@ build_lists(TransferRun *run, int i)
 	return true;
 }
 
+/* Returns the state of group (added on first use). */
+static GroupState *
+group_state(TransferRun *run, const char *group)
+{
+	for (int i = 0; i < run->ngroups; i++)
+		if (strcmp(run->groups[i].group, group) == 0)
+			return &run->groups[i];
+	run->groups[run->ngroups].group = group;
+	return &run->groups[run->ngroups++];
+}
+
 /* Returns how many transfers of group are in flight. */
 static int
 group_in_flight(TransferRun *run, const char *group)
@@ -367,6 +372,8 @@ start_transfers(TransferRun *run, void **read_args)
 			continue;
 		if (lim->per_group > 0 && group_in_flight(run, run->t[i].group) >= lim->per_group)
 			continue;
+		if (group_state(run, run->t[i].group ? run->t[i].group : "")->tripped)
+			continue;
 		(void) start_one(run, i, read_args);
 	}
 }
@@ -378,7 +385,7 @@ any_waiting(TransferRun *run)
 	if (run->limits->stop_starting && run->limits->stop_starting())
 		return false;
 	for (int i = 0; i < run->n; i++)
-		if (!run->t[i].started)
+		if (!run->t[i].started && !group_state(run, run->t[i].group ? run->t[i].group : "")->tripped)
 			return true;
 	return false;
 }
@@ -405,6 +412,24 @@ release_one(TransferRun *run, int i)
 	st->rcpt = NULL;
 }
 
+/*
+ * Counts a finished transfer toward its group's circuit breaker: after
+ * limits->breaker transient failures in a row, no more of the group start.
+ */
+static void
+count_failure(TransferRun *run, const Transfer *t)
+{
+	GroupState *g;
+
+	if (run->limits->breaker <= 0 || run->limits->transient == NULL)
+		return;
+	g = group_state(run, t->group ? t->group : "");
+	if (!run->limits->transient(t))
+		g->failures = 0;
+	else if (++g->failures >= run->limits->breaker)
+		g->tripped = true;
+}
+
 /* Records the outcome of a finished transfer and releases it. */
 static void
 finish_one(TransferRun *run, int i, CURLcode rc)
@@ -418,9 +443,13 @@ finish_one(TransferRun *run, int i, CURLcode rc)
 	curl_easy_getinfo(st->easy, CURLINFO_RESPONSE_CODE, &t->status);
 	if (curl_easy_getinfo(st->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK && retry_after > 0)
 		t->retry_after_s = (long) retry_after;
-	if (rc != CURLE_OK && !t->refused)
+	/* a refused address (or a missing descriptor) is the cause only if no other address could be reached */
+	if (rc != CURLE_COULDNT_CONNECT)
+		t->refused = t->no_fd = false;
+	if (rc != CURLE_OK && !t->refused && !t->no_fd)
 		snprintf(t->error, sizeof(t->error), "%s", st->curl_error[0] ? st->curl_error : curl_easy_strerror(rc));
 	release_one(run, i);
+	count_failure(run, t);
 }
 
 /* Reads libcurl's finished transfers. */
@@ -453,7 +482,6 @@ static void
 on_ready(void *ptr, uint32 events, void *arg)
 {
 	TransferRun *run = (TransferRun *) arg;
-	CurlSocket *cs = (CurlSocket *) ptr;
 	int			mask = 0;
 	int			running;
 	sigset_t	saved;
@@ -465,7 +493,7 @@ on_ready(void *ptr, uint32 events, void *arg)
 	if (events & (EPOLLERR | EPOLLHUP))
 		mask |= CURL_CSELECT_ERR;
 	curl_enter(&saved);
-	curl_multi_socket_action(run->multi, cs->fd, mask, &running);
+	curl_multi_socket_action(run->multi, (curl_socket_t) (intptr_t) ptr, mask, &running);
 	curl_leave(&saved);
 }
 
@@ -484,15 +512,23 @@ run_timer(TransferRun *run)
 	curl_leave(&saved);
 }
 
+/* Returns when the transfers in flight must be aborted (0: never); it moves when SIGTERM comes. */
+static TimestampTz
+stop_at(TransferRun *run)
+{
+	return run->limits->stop_at ? run->limits->stop_at(run->limits->arg) : 0;
+}
+
 /* Returns how long to wait (ms, -1: no limit): until libcurl's timer or the soft stop, whichever comes first. */
 static long
 wait_ms(TransferRun *run)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz until = run->timer_at;
+	TimestampTz stop = stop_at(run);
 
-	if (run->limits->stop_at != 0 && (until == 0 || run->limits->stop_at < until))
-		until = run->limits->stop_at;
+	if (stop != 0 && (until == 0 || stop < until))
+		until = stop;
 	if (until == 0)
 		return -1;
 	if (until <= now)
@@ -510,12 +546,8 @@ drive(TransferRun *run, void **read_args)
 		collect_done(run);		/* (a transfer can fail at once) */
 		if (run->in_flight == 0 && !any_waiting(run))
 			return;
-		if (run->limits->stop_at != 0 && GetCurrentTimestamp() >= run->limits->stop_at)
+		if (stop_at(run) != 0 && GetCurrentTimestamp() >= stop_at(run))
 			return;
-		if (run->socket_error)
-			ereport(ERROR,
-					(errcode_for_socket_access(),
-					 errmsg("could not watch a socket of the network loop: %m")));
 		if (certctl_sched_io_wait(run->io, wait_ms(run), on_ready, run))
 			CHECK_FOR_INTERRUPTS();
 		run_timer(run);
@@ -525,9 +557,10 @@ drive(TransferRun *run, void **read_args)
 
 /*
  * Performs n transfers, at most limits->concurrency at once (and
- * limits->per_group of one group), each bounded by limits->timeout_ms.  At
- * limits->stop_at the transfers in flight are aborted: they stay
- * started && !done, and so do those never started.  Returns how many are
+ * limits->per_group of one group), each bounded by limits->timeout_ms; a
+ * group whose circuit broke starts no more.  At limits->stop_at() the
+ * transfers in flight are aborted: they stay started && !done, and those
+ * never started stay !started.  Returns how many are
  * done.  An interrupt (the run's cancel, a FATAL) propagates after every
  * handle and socket is released.
  */
@@ -544,10 +577,11 @@ certctl_sched_transfer_all(Transfer *transfers, int n, const TransferLimits *lim
 	run.n = n;
 	run.limits = limits;
 	run.state = palloc0(sizeof(TransferState) * Max(n, 1));
+	run.groups = palloc0(sizeof(GroupState) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		transfers[i].retry_after_s = -1;
-		transfers[i].started = transfers[i].done = transfers[i].refused = false;
+		transfers[i].started = transfers[i].done = transfers[i].refused = transfers[i].no_fd = false;
 	}
 
 	PG_TRY();

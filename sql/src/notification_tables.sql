@@ -21,6 +21,7 @@ SELECT pg_catalog.pg_extension_config_dump('certctl_sched.notification_channels'
 CREATE TABLE certctl_sched.notification_attempts (
 	certctl_schema	text NOT NULL,
 	notification_id	text NOT NULL,
+	status			text NOT NULL CHECK (status IN ('pending', 'failed')),	-- as today's schema would have it
 	retry_count		integer NOT NULL,
 	next_retry_at	timestamptz,
 	last_error		text,

@@ -166,6 +166,10 @@ SELECT q.id, q.ch, q.endpoint,
 	CASE WHEN q.ch = 'Email' THEN q.secret END,
 	q.ch = 'Email' AND coalesce(q.o ->> 'tls', 'starttls') = 'starttls' AND q.endpoint ILIKE 'smtp://%',
 	CASE
+		-- header values (the id is the Idempotency-Key and Message-ID; the secret an Authorization) take no control
+		-- character: no header can be injected
+		WHEN q.id ~ '[[:cntrl:]]' THEN 'the notification id contains a control character'
+		WHEN q.secret ~ '[[:cntrl:]]' THEN 'the channel''s secret contains a control character'
 		WHEN q.endpoint IS NULL OR q.endpoint = '' THEN 'the channel has no endpoint'
 		WHEN q.ch = 'Email' AND q.endpoint !~* '^smtps?://[^/?#]+' THEN 'the endpoint is no smtp:// or smtps:// URL'
 		WHEN q.ch <> 'Email' AND q.endpoint !~* '^https?://[^/?#]+' THEN 'the endpoint is no http:// or https:// URL'
@@ -174,6 +178,8 @@ SELECT q.id, q.ch, q.endpoint,
 		WHEN q.ch = 'Email' AND coalesce(q.o ->> 'from', '') = '' THEN 'the channel has no "from" option'
 		WHEN q.ch = 'Email' AND (q.recipient ~ '[\r\n]' OR q.type ~ '[\r\n]' OR (q.o ->> 'from') ~ '[\r\n]')
 			THEN 'a mail header value contains CR or LF'
+		WHEN q.ch = 'Email' AND coalesce(q.o ->> 'tls', 'starttls') NOT IN ('starttls', 'none')
+			THEN 'the channel''s "tls" option must be "starttls" or "none"'
 	END
 FROM q
 $$;
@@ -220,8 +226,9 @@ BEGIN
 END
 $body$;
 
--- On 4d59fd1's schema: keeps the retry state of each outcome in notification_attempts and returns what becomes of
--- each row in notification_events (for _notifications_record): sent; failed, for good or when dead (with the error);
+-- On 4d59fd1's schema: keeps the retry state of each outcome in notification_attempts (the status today's schema
+-- would have, pending after a 429 or failed, the retry count, the next retry, the last error) and returns what becomes
+-- of each row in notification_events (for _notifications_record): sent; failed, for good or when dead (with the error);
 -- or nothing (status NULL: it stays pending, waiting for its retry, in notification_attempts).  Runs with the
 -- extension owner's rights.
 CREATE OR REPLACE FUNCTION certctl_sched._notification_attempts_record(now timestamptz, certctl_schema text,
@@ -235,9 +242,8 @@ WITH o AS (
 	FROM jsonb_to_recordset(outcomes) AS o(id text, outcome text, retry_after integer, error text)
 	LEFT JOIN certctl_sched.notification_attempts a
 		ON a.certctl_schema = _notification_attempts_record.certctl_schema AND a.notification_id = o.id
-	CROSS JOIN LATERAL certctl_sched._notification_decision(now,
-		CASE WHEN a.notification_id IS NULL THEN 'pending' ELSE 'failed' END, coalesce(a.retry_count, 0),
-		a.next_retry_at, a.last_error, o.outcome, o.retry_after, o.error) d
+	CROSS JOIN LATERAL certctl_sched._notification_decision(now, coalesce(a.status, 'pending'),
+		coalesce(a.retry_count, 0), a.next_retry_at, a.last_error, o.outcome, o.retry_after, o.error) d
 ),
 gone AS (
 	DELETE FROM certctl_sched.notification_attempts a USING o
@@ -245,13 +251,13 @@ gone AS (
 		AND o.new_next_retry_at IS NULL
 ),
 kept AS (
-	INSERT INTO certctl_sched.notification_attempts AS a (certctl_schema, notification_id, retry_count,
+	INSERT INTO certctl_sched.notification_attempts AS a (certctl_schema, notification_id, status, retry_count,
 		next_retry_at, last_error, updated_at)
-	SELECT _notification_attempts_record.certctl_schema, o.id, o.new_retry_count, o.new_next_retry_at,
+	SELECT _notification_attempts_record.certctl_schema, o.id, o.new_status, o.new_retry_count, o.new_next_retry_at,
 		o.new_last_error, now
 	FROM o WHERE o.new_next_retry_at IS NOT NULL
 	ON CONFLICT (certctl_schema, notification_id) DO UPDATE
-		SET retry_count = excluded.retry_count, next_retry_at = excluded.next_retry_at,
+		SET status = excluded.status, retry_count = excluded.retry_count, next_retry_at = excluded.next_retry_at,
 			last_error = excluded.last_error, updated_at = excluded.updated_at
 )
 SELECT coalesce(jsonb_agg(jsonb_build_object('id', o.id, 'outcome', 'apply',

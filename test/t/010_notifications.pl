@@ -204,6 +204,18 @@ is(rows('ra', 'status'), 'pending', 'not sent before Retry-After');
 run_loop(121);
 is(rows('ra', 'status'), 'sent', 'sent after it');
 
+channel('Slack', $http->url('/r/200?retry_after=99999999999'));
+pending('ra-huge', 1, 'Slack');
+is(run_loop(), 'ok|1|', 'a Retry-After on a 2xx, even an absurd one, changes nothing');
+is(rows('ra-huge', 'status, next_retry_at IS NULL'), 'sent|t', 'sent');
+channel('Slack', $http->url('/r/429?retry_after=99999999999'));
+pending('ra-clamp', 1, 'Slack');
+run_loop();
+is(rows('ra-clamp', "status, round(extract(epoch FROM next_retry_at - now()) / 60)"), 'pending|60',
+	'on a 429, Retry-After is bounded to an hour');
+app_sql("DELETE FROM notification_events WHERE id LIKE 'ra-clamp-%'");
+channel('Slack', $http->url('/r/200'));
+
 channel('Teams', $http->url('/r/404'));
 pending('perm', 1, 'Teams');
 run_loop();
@@ -249,21 +261,70 @@ app_sql(q{INSERT INTO notification_events (id, type, channel, recipient, message
 	('unconf-0001', 'ExpirationWarning', 'Discord', 'ops', 'm'), ('unconf-0002', 'ExpirationWarning', 'Discord', 'ops', 'm')});
 $node->safe_psql('certctl', "UPDATE certctl_sched.notification_channels SET enabled = false WHERE channel = 'Slack'");
 pending('disabled', 1, 'Slack');
+channel('OpsGenie', $http->url('/r/202'), 'env:CERTCTL_TEST_NOT_SET');
+pending('unusable', 1, 'OpsGenie');
 my $runs = $node->safe_psql('certctl', "SELECT runs FROM certctl_sched.loops WHERE loop = 'notifications'");
 $node->safe_psql('certctl', "SELECT certctl_sched.run_now('notifications')");
 CertctlTest::poll_ok($node, "SELECT runs > $runs AND state = 'idle' FROM certctl_sched.loops WHERE loop = 'notifications'",
 	'worker run done');
-is(rows('unconf', 'status') . ' ' . rows('disabled', 'status'), "pending\npending pending", 'rows stay pending');
+is(rows('unconf', 'status') . ' ' . rows('disabled', 'status') . ' ' . rows('unusable', 'status'),
+	"pending\npending pending pending", 'rows stay pending');
 is($node->safe_psql('certctl',
 	"SELECT string_agg(channel || ':' || state || ':' || due, ' ' ORDER BY channel) FROM certctl_sched.notification_backlog"
-	  . " WHERE channel IN ('Discord', 'Slack')"),
-	'Discord:unconfigured:2 Slack:disabled:1', 'counted in notification_backlog');
+	  . " WHERE channel IN ('Discord', 'Slack', 'OpsGenie')"),
+	'Discord:unconfigured:2 OpsGenie:unusable:1 Slack:disabled:1', 'counted in notification_backlog');
 like($node->safe_psql('certctl', 'SELECT certctl_sched.metrics()'),
 	qr/certctl_sched_notifications_due\{database="certctl",channel="Discord",state="unconfigured"\} 2/, 'and in metrics()');
-ok($node->wait_for_log(qr/WARNING:  notification processor: notifications wait for channels without a usable configuration: Discord \(2\), Slack \(1\)/),
+ok($node->wait_for_log(qr/WARNING:  notification processor: channel OpsGenie cannot be used: its secret is unavailable \(environment variable CERTCTL_TEST_NOT_SET is not set\); notifications wait for channels without a usable configuration: Discord \(2\), OpsGenie \(1\), Slack \(1\)/),
 	'a warning names them');
 $node->safe_psql('certctl', "UPDATE certctl_sched.notification_channels SET enabled = true WHERE channel = 'Slack'");
-app_sql("DELETE FROM notification_events WHERE id LIKE 'unconf-%' OR id LIKE 'disabled-%'");
+app_sql("DELETE FROM notification_events WHERE id LIKE 'unconf-%' OR id LIKE 'disabled-%' OR id LIKE 'unusable-%'");
+
+# ---------------------------------------------------------------------------------------------------------------
+# a channel that keeps failing breaks its circuit within the batch: the rest of its rows wait, the others are sent
+$node->safe_psql('certctl', q{ALTER SYSTEM SET certctl_sched.notifications_concurrency = 4;
+	ALTER SYSTEM SET certctl_sched.notifications_request_timeout = '500ms'; SELECT pg_reload_conf();});
+$node->poll_query_until('certctl', "SELECT current_setting('certctl_sched.notifications_concurrency') = '4'") or die;
+channel('Teams', $http->url('/r/hang'));
+channel('Slack', $http->url('/r/200'));
+pending('brk-a', 14, 'Teams');
+pending('brk-b', 2, 'Slack');
+my ($ret, $out, $err) = $node->psql('certctl', "SELECT status, rows FROM certctl_sched.run_loop('notifications')");
+like($err, qr/channel Teams failed 5 times in a row: its other notifications wait for the next run/,
+	'the hung channel\'s circuit breaks, said once');
+is(rows('brk-b', 'status'), "sent\nsent", 'the working channel was not held up');
+my ($failed, $waiting) = split /\|/, $node->safe_psql('certctl', "SELECT count(*) FILTER (WHERE status = 'failed'),
+	count(*) FILTER (WHERE status = 'pending') FROM notification_events WHERE id LIKE 'brk-a-%'");
+# (the failure that breaks the circuit may find one more request of the channel in flight: at most half the concurrency)
+ok($failed >= 5 && $failed <= 6 && $failed + $waiting == 14,
+	"the hung channel: $failed attempts spent, the other $waiting rows unspent");
+is($out, 'ok|' . ($failed + 2), 'the run recorded those and the 2 sent');
+app_sql("DELETE FROM notification_events WHERE id LIKE 'brk-%'");
+$node->safe_psql('certctl', q{ALTER SYSTEM RESET certctl_sched.notifications_concurrency; SELECT pg_reload_conf();});
+
+# SIGTERM while some requests hang: no new request, the answered ones committed, the hung ones aborted at the
+# shutdown bound's soft stop, unspent
+$node->safe_psql('certctl', q{ALTER SYSTEM SET certctl_sched.shutdown_timeout = '3s';
+	ALTER SYSTEM SET certctl_sched.notifications_request_timeout = '60s'; SELECT pg_reload_conf();});
+$node->poll_query_until('certctl', "SELECT current_setting('certctl_sched.notifications_request_timeout') = '1min'") or die;
+pending('st-ok', 4, 'Slack');
+pending('st-hang', 4, 'Teams');
+my $seen_before = scalar($http->entries);
+CertctlTest::poll_ok($node, "SELECT state = 'idle' FROM certctl_sched.loops WHERE loop = 'notifications'", 'worker idle');
+$node->safe_psql('certctl', "SELECT certctl_sched.run_now('notifications')");
+$http->wait_entries($seen_before + 8);
+my $spid = CertctlTest::worker_pid($node, 'notifications');
+$node->safe_psql('certctl', "SELECT pg_terminate_backend($spid)");
+$node->poll_query_until('certctl', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $spid") or die 'worker did not exit';
+is(rows('st-ok', 'status'), join("\n", ('sent') x 4), 'the answered requests are committed');
+is(rows('st-hang', 'status, retry_count, last_error IS NULL'), join("\n", ('pending|0|t') x 4), 'the hung ones stay due, unspent');
+is($node->safe_psql('certctl', "SELECT status FROM certctl_sched.run_history WHERE loop = 'notifications' ORDER BY id DESC LIMIT 1"),
+	'interrupted', 'the run is recorded as interrupted');
+app_sql("DELETE FROM notification_events WHERE id LIKE 'st-%'");
+$node->safe_psql('certctl', q{ALTER SYSTEM SET certctl_sched.shutdown_timeout = '30s';
+	ALTER SYSTEM SET certctl_sched.notifications_request_timeout = '3s'; SELECT pg_reload_conf();});
+CertctlTest::poll_ok($node, "SELECT pid IS NOT NULL AND state = 'idle' FROM certctl_sched.loops WHERE loop = 'notifications'",
+	'worker back');
 
 # ---------------------------------------------------------------------------------------------------------------
 # the soft stop at the run timeout: what was received is recorded and committed, what hangs stays due, unspent

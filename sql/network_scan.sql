@@ -30,9 +30,13 @@ SELECT count(*), min(address), max(address) FROM certctl_sched._scan_endpoints(A
 SELECT count(*), min(address), max(address) FROM certctl_sched._scan_endpoints(ARRAY['2001:db8::/116'], ARRAY[443], false, '{}');
 -- reserved addresses are filtered first, then the first and last of what remains dropped (as today's certctl does)
 SELECT * FROM certctl_sched._scan_endpoints(ARRAY['127.0.0.0/29'], ARRAY[443], true, '{}');
--- certctl_sched.network_scan_allowed_networks: only addresses inside them
+-- certctl_sched.network_scan_allowed_networks: only addresses inside them (network and broadcast are the range's)
 SELECT * FROM certctl_sched._scan_endpoints(ARRAY['10.0.0.0/29', '192.168.1.1'], ARRAY[443], false,
 	'{10.0.0.0/30, 192.168.0.0/16}');
+SELECT endpoint FROM certctl_sched._scan_endpoints('{10.0.0.0/24}', '{443, 443}', false,
+	'{10.0.0.5/32, 10.0.0.6/32, 10.0.0.7/32}') WHERE endpoint IS NOT NULL;
+-- an IPv4-mapped address is written as its IPv4 address
+SELECT endpoint FROM certctl_sched._scan_endpoints('{::ffff:10.9.8.7}', '{443}', false, '{}');
 
 -- targets (today's schema): due ones, one never scanned, one not due, bad rows
 SET certctl_sched.certctl_schema = 'ns_head';
@@ -45,17 +49,23 @@ VALUES
 	('t5', 'bad port', '{10.0.4.1}', '{443, 70000}', true, 6, 5000, NULL),
 	('t6', 'bad timeout', '{10.0.5.1}', '{443}', true, 6, 0, NULL),
 	('t7', 'bad interval', '{10.0.6.1}', '{443}', true, 0, 5000, NULL),
-	('t8', 'wide', '{10.0.0.0/16}', '{443}', true, 6, 5000, NULL);
+	('t8', 'wide', '{10.0.0.0/16}', '{443}', true, 6, 5000, NULL),
+	('t9', 'too many endpoints', '{10.1.0.0/20, 10.2.0.0/20}', ARRAY(SELECT 1000 + p FROM generate_series(1, 9) p), true, 6,
+		5000, NULL);
 BEGIN;
-SELECT claimed, last_key, skipped, skipped_example, done, jsonb_pretty(targets)
-FROM certctl_sched._scan_claim(:'now', 100, NULL, false, '{}');
+SELECT claimed, skipped, skipped_example, skipped_ids, done, jsonb_pretty(targets)
+FROM certctl_sched._scan_claim(:'now', 100, NULL, NULL, false, '{}');
 ROLLBACK;
--- the endpoint budget: whole targets until it is reached (here after the first), then the next batch goes on
+SELECT certctl_sched._scan_size('{10.1.0.0/20, 10.2.0.0/20, bogus, 10.0.0.0/8}', '{1, 2, 2}') AS t9_size;
+-- the endpoint budget: whole targets until it is reached (here after the first); targets a previous run cut short
+-- come last; the run leaves out the targets it skipped
 BEGIN;
-SELECT claimed, last_key, done, (SELECT array_agg(t ->> 'id') FROM jsonb_array_elements(targets) t)
-FROM certctl_sched._scan_claim(:'now', 1, NULL, false, '{}');
-SELECT claimed, last_key, done, (SELECT array_agg(t ->> 'id') FROM jsonb_array_elements(targets) t)
-FROM certctl_sched._scan_claim(:'now', 1, 't1', false, '{}');
+SELECT claimed, done, (SELECT array_agg(t ->> 'id') FROM jsonb_array_elements(targets) t)
+FROM certctl_sched._scan_claim(:'now', 1, NULL, NULL, false, '{}');
+ROLLBACK;
+BEGIN;
+SELECT claimed, done, (SELECT array_agg(t ->> 'id') FROM jsonb_array_elements(targets) t)
+FROM certctl_sched._scan_claim(:'now', 1, '{t5, t6, t7, t9}', '{t1}', false, '{}');
 ROLLBACK;
 
 -- recording: a scan row per target (before the certificates that refer to it), the certificates deduplicated (the
@@ -114,6 +124,8 @@ RESET certctl_sched.certctl_schema;
 SET certctl_sched.network_scan_allowed_networks = '10.0.0.0/8, 192.168.0.0/16, fd00::/8';
 SHOW certctl_sched.network_scan_allowed_networks;
 SET certctl_sched.network_scan_allowed_networks = '10.0.0.0/8, intranet';
+SET certctl_sched.network_scan_allowed_networks = '10.0.0.0/8,,192.168.0.0/16 fd00::/8, ';
+SHOW certctl_sched.network_scan_allowed_networks;
 RESET certctl_sched.network_scan_allowed_networks;
 ALTER SYSTEM SET certctl_sched.network_scan_concurrency = 0;
 CREATE ROLE ns_user;

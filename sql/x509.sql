@@ -58,3 +58,11 @@ SELECT case_name, serial_number, key_algorithm, key_size, is_ca, subject_dn FROM
 WHERE case_name IN ('02_rsa2048_leaf', '03_ec_p256_nosan', '06_ed25519', '09_multi_cn', '12_escaping')
 ORDER BY 1;
 SELECT certctl_sched._x509_fields('not a certificate');
+
+-- more of Go's rules (test/x509_cases/extra): a DNS name that is not ASCII, a curve other than NIST's, characters
+-- a PrintableString or an IA5String may not hold, a BMPString noncharacter are refused; a BMPString's terminating
+-- U+0000 is dropped; an OID of any length is printed whole
+SELECT f.case_name, coalesce(f.error, 'recorded: ' || f.subject_dn) AS result
+FROM unnest(ARRAY['extra/san_ff', 'extra/k1', 'extra/printable_at', 'extra/ia5_latin1', 'extra/bmp_fdd0',
+	'extra/bmp_term', 'extra/longoid']) AS c, pg_temp.fields(c) f
+ORDER BY 1;

@@ -68,6 +68,7 @@ certctl_sched_io_start(void)
 	IoCore	   *io = palloc0(sizeof(IoCore));
 
 	io->epfd = -1;
+	certctl_sched_egress_refresh();
 	if (!certctl_sched_io_acquire_fd())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),

@@ -26,6 +26,7 @@ extern bool certctl_sched_io_wait(IoCore *io, long timeout_ms, IoReadyFn ready, 
 
 /* egress.c: may the loops connect to this address? NULL if so, else why not */
 extern bool certctl_sched_allow_loopback;
+extern void certctl_sched_egress_refresh(void);
 extern const char *certctl_sched_egress_refusal(const struct sockaddr *addr);
 extern void certctl_sched_format_address(const struct sockaddr *addr, char *buf, size_t len);
 

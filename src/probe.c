@@ -32,8 +32,14 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "mb/pg_wchar.h"
+
 #include "io.h"
 #include "probe.h"
+
+/* the largest certificate chain accepted, and the most text recorded for one endpoint */
+#define MAX_CHAIN_BYTES		65536
+#define MAX_RECORDED_BYTES	(256 * 1024)
 
 /* the state of one handshake in flight */
 typedef enum ProbeStep
@@ -86,6 +92,7 @@ make_ctx(void)
 	SSL_CTX_set_options(ctx, SSL_OP_LEGACY_SERVER_CONNECT);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_max_cert_list(ctx, MAX_CHAIN_BYTES);	/* Go's handshake messages are as large at most */
 	ERR_clear_error();
 	return ctx;
 }
@@ -145,7 +152,37 @@ ssl_error_text(char *buf, size_t len)
 	return buf;
 }
 
-/* Reads the peer's certificates into the probe (fields by x509.c) and ends it. */
+/* Returns how much text a certificate's fields take (what the results carry for it). */
+static size_t
+recorded_bytes(const CertFields *c)
+{
+	size_t		n = strlen(c->common_name) + strlen(c->serial_number) + strlen(c->issuer_dn) +
+		strlen(c->subject_dn) + strlen(c->pem_data) + 256;
+
+	for (int i = 0; i < c->nsans; i++)
+		n += strlen(c->sans[i]) + 4;
+	return n;
+}
+
+/* Returns whether a certificate's text has a character outside ASCII (which a database not in UTF-8 may not store). */
+static bool
+has_non_ascii(const CertFields *c)
+{
+	const char *texts[4] = {c->common_name, c->issuer_dn, c->subject_dn, c->serial_number};
+
+	for (int i = 0; i < 4; i++)
+		for (const char *p = texts[i]; *p; p++)
+			if ((unsigned char) *p >= 0x80)
+				return true;
+	return false;
+}
+
+/*
+ * Reads the peer's certificates into the probe (fields by x509.c) and ends
+ * it; fails it, as Go's client would fail the handshake, when a certificate
+ * cannot be read or the leaf's key is of a type crypto/tls refuses, and when
+ * what there is to record is more than this endpoint may take.
+ */
 static void
 finish_probe(ProbeState *ps, InFlight *s)
 {
@@ -154,24 +191,46 @@ finish_probe(ProbeState *ps, InFlight *s)
 	MemoryContext old = MemoryContextSwitchTo(ps->certs_cxt);
 	Probe	   *p = s->p;
 	char		why[256];
+	size_t		bytes = 0;
 
 	p->certs = palloc0(sizeof(CertFields) * Max(n, 1));
 	p->ncerts = 0;
 	for (int i = 0; i < n; i++)
 	{
-		if (!certctl_sched_x509_fields(sk_X509_value(chain, i), &p->certs[p->ncerts], why, sizeof(why)))
+		CertFields *c = &p->certs[p->ncerts];
+
+		if (!certctl_sched_x509_fields(sk_X509_value(chain, i), c, why, sizeof(why)))
 		{
-			/* Go's crypto/tls fails the handshake on a certificate it cannot parse */
 			MemoryContextSwitchTo(old);
 			fail_probe(ps, s, "certificate %d of the chain cannot be recorded: %s", i, why);
 			return;
 		}
+		if (i == 0 && strcmp(c->key_algorithm, "RSA") != 0 && strcmp(c->key_algorithm, "ECDSA") != 0 &&
+			strcmp(c->key_algorithm, "Ed25519") != 0)
+		{
+			MemoryContextSwitchTo(old);
+			fail_probe(ps, s, "tls: server's certificate contains an unsupported type of public key");
+			return;
+		}
+		if (GetDatabaseEncoding() != PG_UTF8 && has_non_ascii(c))
+		{
+			MemoryContextSwitchTo(old);
+			fail_probe(ps, s, "certificate %d of the chain has text outside ASCII, which the database's encoding (%s) cannot be trusted to store",
+					   i, GetDatabaseEncodingName());
+			return;
+		}
+		bytes += recorded_bytes(c);
 		p->ncerts++;
 	}
 	MemoryContextSwitchTo(old);
 	if (n == 0)
 	{
 		fail_probe(ps, s, "the peer sent no certificate");
+		return;
+	}
+	if (bytes > MAX_RECORDED_BYTES)
+	{
+		fail_probe(ps, s, "the peer's certificates are too large to record (%zu bytes of text)", bytes);
 		return;
 	}
 	p->done = true;
@@ -377,11 +436,11 @@ drive(ProbeState *ps)
 		TimestampTz next;
 		long		wait;
 
-		start_probes(ps);
-		if (ps->in_flight == 0 && (ps->next >= ps->n || (lim->stop_starting && lim->stop_starting())))
-			return;
 		now = GetCurrentTimestamp();
 		if ((lim->stop_at != 0 && now >= lim->stop_at) || (lim->stop_now && lim->stop_now()))
+			return;
+		start_probes(ps);
+		if (ps->in_flight == 0 && (ps->next >= ps->n || (lim->stop_starting && lim->stop_starting())))
 			return;
 		next = expire(ps, now);
 		if (lim->stop_at != 0 && (next == 0 || lim->stop_at < next))

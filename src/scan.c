@@ -26,7 +26,10 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -40,6 +43,8 @@ char	   *certctl_sched_network_scan_allowed_networks = NULL;
 
 /* endpoint errors kept per target in the audit event (all are counted) */
 #define ERRORS_KEPT		5
+/* most text recorded for one target (certificates past it are counted as errors instead) */
+#define MAX_TARGET_RESULTS	(128 * 1024 * 1024)
 
 /* a claimed target, as the batch keeps it */
 typedef struct Target
@@ -57,10 +62,13 @@ typedef struct Target
 	int			nkept;
 } Target;
 
-/* the loop's state for one run */
+/* the loop's state for one run (in the run's memory context) */
 typedef struct ScanRun
 {
 	int			capped;			/* the fewest handshakes in flight when descriptors ran out (0: never) */
+	bool		read_deferred;
+	Datum		deferred;		/* text[]: targets earlier runs cut short, claimed after the others */
+	List	   *skipped;		/* ids of the targets this run skipped (claimed, not scannable) */
 } ScanRun;
 
 /* Returns column col of SPI row r as a C string in CurrentMemoryContext, or NULL. */
@@ -92,58 +100,99 @@ col_int(int r, int col)
 	}
 }
 
+/* Returns a text[] Datum of a list of C strings. */
+static Datum
+text_array(List *strings)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(list_length(strings), 1));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, strings)
+		d[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * Keeps the targets cut short (since their last complete scan) and returns
+ * them all, with the extension owner's rights; called with empty lists to
+ * read them.  The result is copied into the run's memory.
+ */
+static Datum
+deferrals(RunContext *ctx, List *complete, List *cut_short)
+{
+	Oid			argtypes[4] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum		values[4] = {CStringGetTextDatum(certctl_sched_certctl_schema), text_array(complete),
+	text_array(cut_short), TimestampTzGetDatum(ctx->sched)};
+	RoleSwitch	rs;
+	bool		isnull;
+	Datum		result;
+
+	certctl_sched_enter_role(&rs, ctx->ext_owner, false);
+	SPI_connect();
+	SPI_execute_with_args("SELECT certctl_sched._scan_deferred($1, $2, $3, $4)", 4, argtypes, values, NULL, false, 1);
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	{
+		MemoryContext old = MemoryContextSwitchTo(ctx->mcxt);
+
+		result = datumCopy(result, false, -1);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	certctl_sched_leave_role(&rs);
+	return result;
+}
+
 /*
  * Claims due targets (table owner's rights) and returns their JSON, NULL for
- * none; moves the cursor, counts skipped targets, sets ctx->done.
+ * none; notes the targets skipped, sets ctx->done.
  */
 static char *
-claim(RunContext *ctx, Oid owner)
+claim(RunContext *ctx, ScanRun *sr, Oid owner)
 {
-	Oid			argtypes[5] = {TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, TEXTOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[6] = {TIMESTAMPTZOID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, BOOLOID, TEXTOID};
+	Datum		values[6];
 	RoleSwitch	rs;
 	char	   *json = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 
 	values[0] = TimestampTzGetDatum(ctx->sched);
 	values[1] = Int32GetDatum(4 * Max(certctl_sched_network_scan_concurrency, 1));
-	values[2] = ctx->cursor ? CStringGetTextDatum(ctx->cursor) : (Datum) 0;
-	nulls[2] = ctx->cursor ? ' ' : 'n';
-	values[3] = BoolGetDatum(certctl_sched_allow_loopback);
-	values[4] = CStringGetTextDatum(certctl_sched_network_scan_allowed_networks ?
+	values[2] = text_array(sr->skipped);
+	values[3] = sr->deferred;
+	values[4] = BoolGetDatum(certctl_sched_allow_loopback);
+	values[5] = CStringGetTextDatum(certctl_sched_network_scan_allowed_networks ?
 									certctl_sched_network_scan_allowed_networks : "");
 	certctl_sched_enter_role(&rs, owner, true);
 	SPI_connect();
-	SPI_execute_with_args("SELECT claimed, last_key, skipped, skipped_example, done, targets::pg_catalog.text"
-						  " FROM certctl_sched._scan_claim($1, $2, $3, $4, pg_catalog.string_to_array("
-						  "pg_catalog.replace($5, ' ', ''), ',')::pg_catalog.inet[])",
-						  5, argtypes, values, nulls, false, 1);
+	/* (the allowed networks split as the setting's check hook splits them: on commas and spaces) */
+	SPI_execute_with_args("SELECT claimed, skipped, skipped_example, skipped_ids, done, targets::pg_catalog.text"
+						  " FROM certctl_sched._scan_claim($1, $2, $3, $4, $5, pg_catalog.array_remove("
+						  "pg_catalog.regexp_split_to_array($6, '[,[:space:]]+'), '')::pg_catalog.inet[])",
+						  6, argtypes, values, NULL, false, 1);
+	if (col_int(0, 2) > 0)
 	{
 		MemoryContext old = MemoryContextSwitchTo(ctx->mcxt);
-		char	   *last_key = col_text(0, 2);
+		bool		isnull;
+		Datum	   *ids;
+		int			n;
 
+		ctx->out.skipped += col_int(0, 2);
+		if (ctx->out.skipped_example[0] == '\0')
+			strlcpy(ctx->out.skipped_example, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3),
+					CERTCTL_SCHED_ERRLEN);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &ids, NULL, &n);
+		for (int i = 0; i < n; i++)
+			sr->skipped = lappend(sr->skipped, TextDatumGetCString(ids[i]));
 		MemoryContextSwitchTo(old);
-		if (last_key)
-		{
-			if (ctx->cursor)
-				pfree(ctx->cursor);
-			ctx->cursor = last_key;
-		}
-		if (col_int(0, 3) > 0)
-		{
-			ctx->out.skipped += col_int(0, 3);
-			if (ctx->out.skipped_example[0] == '\0')
-				strlcpy(ctx->out.skipped_example, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
-						CERTCTL_SCHED_ERRLEN);
-		}
-		ctx->done = col_int(0, 5) != 0;
-		if (col_int(0, 1) > 0)
-		{
-			char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
+	}
+	ctx->done = col_int(0, 5) != 0;
+	if (col_int(0, 1) > 0)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 
-			json = v ? MemoryContextStrdup(caller, v) : NULL;
-		}
+		json = v ? MemoryContextStrdup(caller, v) : NULL;
 	}
 	SPI_finish();
 	certctl_sched_leave_role(&rs);
@@ -309,63 +358,62 @@ tally(Target *t, const Probe *p)
 }
 
 /*
- * Builds the batch's results for _scan_record(): per target, its outcome and
- * every certificate its endpoints presented.  Timestamps are passed as
+ * Builds one target's results for _scan_record(): its outcome and every
+ * certificate its endpoints presented, at most MAX_TARGET_RESULTS of text
+ * (certificates past it are counted as errors).  Timestamps are passed as
  * timestamptz_to_str() writes them: ISO, with the offset, whatever DateStyle.
  */
 static char *
-results_json(Target *targets, int ntargets, Probe *probes, int nprobes, TimestampTz started, TimestampTz finished)
+target_json(Target *tg, int t, Probe *probes, int nprobes, TimestampTz started, TimestampTz finished)
 {
+	StringInfoData certs;
 	StringInfoData buf;
 	long		secs;
 	int			usecs;
+	int			dropped = 0;
 
+	initStringInfo(&certs);
 	for (int i = 0; i < nprobes; i++)
-		tally(&targets[probes[i].target], &probes[i]);
-	TimestampDifference(started, finished, &secs, &usecs);
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '[');
-	for (int t = 0; t < ntargets; t++)
 	{
-		Target	   *tg = &targets[t];
-		bool		first = true;
+		if (probes[i].target != t || !probes[i].done || probes[i].error[0])
+			continue;
+		for (int c = 0; c < probes[i].ncerts; c++)
+		{
+			int			before = certs.len;
 
-		if (t > 0)
-			appendStringInfoChar(&buf, ',');
-		appendStringInfoChar(&buf, '{');
-		json_str(&buf, "id", tg->id, true);
-		appendStringInfo(&buf, ",\"cidrs\":%s,\"notes\":%s", tg->cidrs, tg->notes);
-		appendStringInfo(&buf, ",\"complete\":%s,\"endpoints\":%d,\"errors_count\":%d,\"duration_ms\":%ld",
-						 tg->unfinished == 0 ? "true" : "false", tg->endpoints, tg->failed + tg->nerrors,
-						 secs * 1000 + usecs / 1000);
-		json_str(&buf, "started_at", timestamptz_to_str(started), false);
-		/* its entries' errors first, then the first endpoint errors */
-		appendStringInfo(&buf, ",\"errors\":%s", tg->errors);
-		if (tg->kept.len > 0)
-		{
-			buf.len--;			/* (the closing bracket of the entries' errors) */
-			appendStringInfo(&buf, "%s%s]", tg->nerrors > 0 ? "," : "", tg->kept.data);
-		}
-		appendStringInfoString(&buf, ",\"certs\":[");
-		for (int i = 0; i < nprobes; i++)
-		{
-			if (probes[i].target != t || !probes[i].done || probes[i].error[0])
-				continue;
-			for (int c = 0; c < probes[i].ncerts; c++)
+			if (certs.len > 0)
+				appendStringInfoChar(&certs, ',');
+			json_cert(&certs, probes[i].endpoint, &probes[i].certs[c]);
+			if (certs.len > MAX_TARGET_RESULTS)
 			{
-				if (!first)
-					appendStringInfoChar(&buf, ',');
-				json_cert(&buf, probes[i].endpoint, &probes[i].certs[c]);
-				first = false;
+				certs.len = before;
+				certs.data[before] = '\0';
+				dropped++;
 			}
 		}
-		appendStringInfoString(&buf, "]}");
 	}
-	appendStringInfoChar(&buf, ']');
+	TimestampDifference(started, finished, &secs, &usecs);
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	json_str(&buf, "id", tg->id, true);
+	appendStringInfo(&buf, ",\"cidrs\":%s,\"notes\":%s", tg->cidrs, tg->notes);
+	appendStringInfo(&buf, ",\"complete\":%s,\"endpoints\":%d,\"errors_count\":%d,\"duration_ms\":%ld",
+					 tg->unfinished == 0 ? "true" : "false", tg->endpoints, tg->failed + tg->nerrors + dropped,
+					 secs * 1000 + usecs / 1000);
+	json_str(&buf, "started_at", timestamptz_to_str(started), false);
+	/* its entries' errors first, then the first endpoint errors */
+	appendStringInfo(&buf, ",\"errors\":%s", tg->errors);
+	if (tg->kept.len > 0)
+	{
+		buf.len--;				/* (the closing bracket of the entries' errors) */
+		appendStringInfo(&buf, "%s%s]", tg->nerrors > 0 ? "," : "", tg->kept.data);
+	}
+	appendStringInfo(&buf, ",\"certs\":[%s]}", certs.data);
+	pfree(certs.data);
 	return buf.data;
 }
 
-/* Records the batch's results (table owner's rights); returns the targets recorded. */
+/* Records one target's results (table owner's rights); returns the targets recorded (1). */
 static int64
 record(RunContext *ctx, Oid owner, const char *results)
 {
@@ -376,8 +424,8 @@ record(RunContext *ctx, Oid owner, const char *results)
 
 	certctl_sched_enter_role(&rs, owner, true);
 	SPI_connect();
-	SPI_execute_with_args("SELECT certctl_sched._scan_record($1, $2::pg_catalog.jsonb)", 2, argtypes, values,
-						  NULL, false, 1);
+	SPI_execute_with_args("SELECT certctl_sched._scan_record($1, pg_catalog.jsonb_build_array($2::pg_catalog.jsonb))",
+						  2, argtypes, values, NULL, false, 1);
 	n = col_int(0, 1);
 	SPI_finish();
 	certctl_sched_leave_role(&rs);
@@ -404,7 +452,7 @@ scan_targets(RunContext *ctx)
 {
 	ScanRun    *sr = (ScanRun *) ctx->loop_state;
 	Oid			owner = certctl_sched_tables_owner(ctx->def);
-	char	   *json = claim(ctx, owner);
+	char	   *json;
 	Target	   *targets;
 	int			ntargets;
 	int			nprobes;
@@ -412,28 +460,51 @@ scan_targets(RunContext *ctx)
 	ProbeLimits lim;
 	ProbeRun	run;
 	TimestampTz started;
-	int			unfinished = 0;
+	TimestampTz finished;
+	int64		recorded = 0;
+	List	   *complete = NIL;
+	List	   *cut_short = NIL;
 
+	lim.stop_at = certctl_sched_guard_soft_stop_at(ctx);
+	if (lim.stop_at != 0 && GetCurrentTimestamp() >= lim.stop_at)
+	{
+		ctx->done = true;		/* no new batch past the soft stop */
+		return 0;
+	}
+	if (!sr->read_deferred)
+	{
+		sr->deferred = deferrals(ctx, NIL, NIL);
+		sr->read_deferred = true;
+	}
+	json = claim(ctx, sr, owner);
 	if (json == NULL)
 		return 0;
 	probes = expand(json, &targets, &ntargets, &nprobes);
 	if (ntargets == 0)
 		return 0;
 	lim.concurrency = Max(certctl_sched_network_scan_concurrency, 1);
-	lim.stop_at = certctl_sched_guard_soft_stop_at(ctx);
 	lim.stop_now = ctx->mode == RUN_WORKER ? worker_stopping : NULL;
 	lim.stop_starting = NULL;
 	started = GetCurrentTimestamp();
 	certctl_sched_probe_all(probes, nprobes, &lim, CurrentMemoryContext, &run);
+	finished = GetCurrentTimestamp();
 	if (run.capped > 0 && (sr->capped == 0 || run.capped < sr->capped))
 		sr->capped = run.capped;
 	for (int i = 0; i < nprobes; i++)
-		if (!probes[i].done)
-			unfinished++;
+		tally(&targets[probes[i].target], &probes[i]);
+	for (int t = 0; t < ntargets; t++)
+	{
+		recorded += record(ctx, owner, target_json(&targets[t], t, probes, nprobes, started, finished));
+		if (targets[t].unfinished > 0)
+			cut_short = lappend(cut_short, targets[t].id);
+		else
+			complete = lappend(complete, targets[t].id);
+	}
+	sr->deferred = deferrals(ctx, complete, cut_short);
 	/* cut short: SIGTERM ends the run as interrupted (the runner), the soft stop ends it here */
-	if (unfinished > 0)
+	if (cut_short != NIL)
 		ctx->done = !certctl_sched_shutdown_requested();
-	return record(ctx, owner, results_json(targets, ntargets, probes, nprobes, started, GetCurrentTimestamp()));
+	return recorded;
 }
 
 /* LoopOps.end: reports, once, that the descriptors capped the concurrency. */

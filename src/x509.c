@@ -23,9 +23,11 @@
  *	- the key as "RSA", "ECDSA", "Ed25519", "DSA" (size 0) or "0" (size 0).
  * A few refusals of Go's parser are cheap to mirror with OpenSSL's accessors
  * and are mirrored: a negative serial, a critical subject key identifier,
- * attribute values of other string types, BMPString noncharacters, an RSA key
- * over 8192 bits (crypto/tls); so is a NUL byte in a name or DNS name, which
- * PostgreSQL's text cannot store.  Go's other, stricter DER checks are not:
+ * attribute values of other string types or with characters their type does
+ * not allow, BMPString noncharacters, a DNS name that is not ASCII, an
+ * elliptic curve other than NIST's, an RSA key over 8192 bits (crypto/tls);
+ * so is a NUL byte in a name, which PostgreSQL's text cannot store.  Every
+ * string is valid UTF-8.  Go's other, stricter DER checks are not:
  * a malformed certificate OpenSSL accepts is recorded.
  *
  * Everything is palloc'd in CurrentMemoryContext; no error is raised except
@@ -107,15 +109,55 @@ hoisted_index(int nid)
 	return -1;
 }
 
-/* Returns whether a UTF-8 string holds U+FFFE or U+FFFF (BMPString noncharacters, refused by Go). */
+/* Returns whether a UTF-8 string holds a BMPString noncharacter Go refuses: U+FDD0-U+FDEF, U+FFFE, U+FFFF. */
 static bool
 has_bmp_nonchar(const char *s, int len)
 {
 	for (int i = 0; i + 2 < len; i++)
-		if ((unsigned char) s[i] == 0xef && (unsigned char) s[i + 1] == 0xbf &&
-			((unsigned char) s[i + 2] == 0xbe || (unsigned char) s[i + 2] == 0xbf))
+	{
+		unsigned char a = (unsigned char) s[i];
+		unsigned char b = (unsigned char) s[i + 1];
+		unsigned char c = (unsigned char) s[i + 2];
+
+		if (a == 0xef && ((b == 0xbf && (c == 0xbe || c == 0xbf)) || (b == 0xb7 && c >= 0x90 && c <= 0xaf)))
 			return true;
+	}
 	return false;
+}
+
+/*
+ * Returns whether the content of a name's string is what Go accepts for its
+ * type: PrintableString's characters (Go allows '*' and '&' too),
+ * NumericString's digits and space, IA5String's ASCII.
+ */
+static bool
+string_content_ok(const ASN1_STRING *v)
+{
+	const unsigned char *p = ASN1_STRING_get0_data(v);
+	int			len = ASN1_STRING_length(v);
+
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = p[i];
+
+		switch (ASN1_STRING_type(v))
+		{
+			case V_ASN1_PRINTABLESTRING:
+				if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+					  (c != '\0' && strchr(" '()+,-./:=?*&", c) != NULL)))
+					return false;
+				break;
+			case V_ASN1_NUMERICSTRING:
+				if (!((c >= '0' && c <= '9') || c == ' '))
+					return false;
+				break;
+			case V_ASN1_IA5STRING:
+				if (c >= 0x80)
+					return false;
+				break;
+		}
+	}
+	return true;
 }
 
 /*
@@ -149,9 +191,14 @@ read_name(const X509_NAME *name, NameAttr **attrs, int *n, char *errbuf, size_t 
 			default:
 				return refuse(errbuf, errlen, "x509: invalid RDNSequence: invalid attribute value: unsupported string type");
 		}
+		if (!string_content_ok(v))
+			return refuse(errbuf, errlen, "x509: invalid RDNSequence: invalid attribute value");
 		len = ASN1_STRING_to_UTF8(&utf8, v);
 		if (len < 0)
 			return refuse(errbuf, errlen, "x509: invalid RDNSequence: invalid attribute value");
+		/* Go strips a BMPString's terminating U+0000 */
+		if (ASN1_STRING_type(v) == V_ASN1_BMPSTRING && len > 0 && utf8[len - 1] == '\0')
+			len--;
 		a->type = X509_NAME_ENTRY_get_object(e);
 		a->hoisted = hoisted_index(OBJ_obj2nid(a->type));
 		a->value = palloc(len + 1);
@@ -220,7 +267,8 @@ append_hex(StringInfo buf, const NameAttr *a)
 	ASN1_STRING *s = ASN1_STRING_type_new(printable ? V_ASN1_PRINTABLESTRING : V_ASN1_UTF8STRING);
 	unsigned char *der = NULL;
 	int			len = -1;
-	char		oid[128];
+	int			oidlen = OBJ_obj2txt(NULL, 0, a->type, 1);
+	char	   *oid = palloc(Max(oidlen, 0) + 1);
 
 	if (s != NULL && ASN1_STRING_set(s, a->value, a->len))
 		len = printable ? i2d_ASN1_PRINTABLESTRING(s, &der) : i2d_ASN1_UTF8STRING(s, &der);
@@ -229,7 +277,7 @@ append_hex(StringInfo buf, const NameAttr *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
-	OBJ_obj2txt(oid, sizeof(oid), a->type, 1);
+	OBJ_obj2txt(oid, oidlen + 1, a->type, 1);
 	appendStringInfo(buf, "%s=#", oid);
 	for (int k = 0; k < len; k++)
 		appendStringInfo(buf, "%02x", der[k]);
@@ -329,13 +377,14 @@ read_sans(X509 *cert, CertFields *out, char *errbuf, size_t errlen)
 			continue;
 		dns = g->d.dNSName;
 		len = ASN1_STRING_length(dns);
-		if (memchr(ASN1_STRING_get0_data(dns), '\0', len) != NULL)
-			ok = false;
-		else
+		/* Go requires IA5 (ASCII); a NUL byte PostgreSQL's text cannot store */
+		for (int k = 0; k < len && ok; k++)
+			ok = ASN1_STRING_get0_data(dns)[k] != 0 && ASN1_STRING_get0_data(dns)[k] < 0x80;
+		if (ok)
 			out->sans[out->nsans++] = pnstrdup((const char *) ASN1_STRING_get0_data(dns), len);
 	}
 	GENERAL_NAMES_free(names);
-	return ok || refuse(errbuf, errlen, "a DNS name holds a NUL byte");
+	return ok || refuse(errbuf, errlen, "x509: SAN dNSName is malformed");
 }
 
 /* Sets the serial as big.Int.Text(16) does; false for a negative serial (refused by Go). */
@@ -396,8 +445,18 @@ read_key(X509 *cert, CertFields *out, char *errbuf, size_t errlen)
 				return refuse(errbuf, errlen, "tls: server sent certificate containing RSA key larger than 8192 bits");
 			break;
 		case EVP_PKEY_EC:
-			out->key_algorithm = "ECDSA";
-			out->key_size = EVP_PKEY_get_bits(key);
+			{
+				char		group[64] = "";
+				size_t		glen = 0;
+
+				/* Go's x509 knows the NIST curves only */
+				if (!EVP_PKEY_get_group_name(key, group, sizeof(group), &glen) ||
+					(strcmp(group, "prime256v1") != 0 && strcmp(group, "secp384r1") != 0 &&
+					 strcmp(group, "secp521r1") != 0 && strcmp(group, "secp224r1") != 0))
+					return refuse(errbuf, errlen, "x509: unsupported elliptic curve");
+				out->key_algorithm = "ECDSA";
+				out->key_size = EVP_PKEY_get_bits(key);
+			}
 			break;
 		case EVP_PKEY_ED25519:
 			out->key_algorithm = "Ed25519";

@@ -5,8 +5,8 @@
 --   3. _scan_record(), with the table owner's rights: the scan row of each target, the discovered certificates, the
 --      targets' last scan, the audit events, set-based.
 -- A target is due when it is enabled and its last scan is scan_interval_hours old (certctl rescans every target on
--- every run).  Targets whose ports, timeout or interval are unusable are claimed, left unchanged and reported
--- (skipped).  Endpoints and the rules for them are in docs/network-scan.md.
+-- every run).  Targets whose ports, timeout or interval are unusable, or which have more than 65536 endpoints, are
+-- claimed, left unchanged and reported (skipped).  Endpoints and the rules for them are in docs/network-scan.md.
 
 -- Why the network loops may not connect to an address (NULL: they may): the egress policy of egress.c, in SQL.
 -- IPv4-mapped IPv6 addresses are judged by their IPv4 address.
@@ -30,8 +30,9 @@ $$;
 -- The endpoints of one target: each entry of cidrs (a CIDR, masked as Go does, so that 10.0.0.1/24 is 10.0.0.0/24;
 -- or a plain address) expanded to its addresses — at most 12 host bits, IPv4 and IPv6 alike — without the addresses
 -- the egress policy refuses or certctl_sched.network_scan_allowed_networks leaves out ("allowed": empty means
--- everything else), then without the first and the last when more than two remain (network and broadcast, as Go
--- drops them); crossed with the ports: "a.b.c.d:port", "[v6]:port".  An entry that cannot be used gives one row
+-- everything else), without the first and the last of a range of more than two addresses (network and broadcast, as Go
+-- drops them; computed on the whole range, before any address is left out); crossed with the ports (each once):
+-- "a.b.c.d:port", "[v6]:port".  An entry that cannot be used gives one row
 -- with its error; the addresses left out give one row per entry and reason with a note.  Endpoints repeated by
 -- overlapping entries are probed once.
 CREATE OR REPLACE FUNCTION certctl_sched._scan_endpoints(cidrs text[], ports integer[], allow_loopback boolean,
@@ -65,38 +66,71 @@ BEGIN
 		END IF;
 		RETURN QUERY
 		WITH a AS (
+			-- a range of more than two addresses loses its first and last (network and broadcast)
 			SELECT set_masklen(net + i, CASE family(net) WHEN 4 THEN 32 ELSE 128 END) AS a
-			FROM generate_series(0::bigint, (2::bigint ^ host_bits)::bigint - 1) AS i
+			FROM generate_series(CASE WHEN host_bits > 1 THEN 1 ELSE 0 END::bigint,
+				(2::bigint ^ host_bits)::bigint - CASE WHEN host_bits > 1 THEN 2 ELSE 1 END) AS i
 		),
 		judged AS (
 			SELECT a.a, coalesce(certctl_sched._address_refusal(a.a, allow_loopback),
 				CASE WHEN cardinality(allowed) > 0 AND NOT a.a <<= ANY (allowed)
 					THEN 'outside certctl_sched.network_scan_allowed_networks' END) AS why
 			FROM a
-		),
-		kept AS (
-			SELECT j.a, row_number() OVER (ORDER BY j.a) AS n, count(*) OVER () AS total
-			FROM judged j WHERE j.why IS NULL
 		)
 		SELECT NULL::text, NULL::inet, NULL::integer, NULL::text,
 			format('%s: %s address%s not scanned (%s)', entry, count(*), CASE WHEN count(*) > 1 THEN 'es' END, j.why)
 		FROM judged j WHERE j.why IS NOT NULL GROUP BY j.why
 		UNION ALL
-		SELECT CASE family(k.a) WHEN 4 THEN host(k.a) ELSE '[' || host(k.a) || ']' END || ':' || p.port,
-			k.a, p.port, NULL, NULL
-		FROM kept k CROSS JOIN unnest(ports) AS p(port)
-		WHERE k.total <= 2 OR (k.n > 1 AND k.n < k.total);
+		-- an IPv4-mapped IPv6 address is written as its IPv4 address, as Go writes it
+		SELECT CASE WHEN family(j.a) = 4 THEN host(j.a)
+					WHEN j.a <<= '::ffff:0.0.0.0/96' THEN substr(host(j.a), 8)
+					ELSE '[' || host(j.a) || ']' END || ':' || p.port,
+			j.a, p.port, NULL, NULL
+		FROM judged j CROSS JOIN (SELECT DISTINCT u.port FROM unnest(ports) AS u(port)) AS p
+		WHERE j.why IS NULL;
 	END LOOP;
 END
 $$;
 
--- Claims due targets in id order after "after", each locked for the batch (FOR UPDATE SKIP LOCKED: two runners never
--- scan one target at once), until their endpoints reach endpoint_budget (at least one target), and returns them as a
--- JSON array: id, cidrs, timeout_ms, endpoints [{e, a, p}] (interleaved by the caller), errors (its entries'),
--- notes.  done: no due target is left after these.
-CREATE OR REPLACE FUNCTION certctl_sched._scan_claim(now timestamptz, endpoint_budget integer, after text,
-	allow_loopback boolean, allowed inet[], OUT claimed integer, OUT last_key text, OUT skipped integer,
-	OUT skipped_example text, OUT done boolean, OUT targets jsonb)
+-- How many endpoints a target has at most: the addresses of its usable entries (before any is left out) times its
+-- distinct ports.  The claim refuses targets over 65536 (16 IPv4 /20s on one port, a /20 on 16 ports).
+CREATE OR REPLACE FUNCTION certctl_sched._scan_size(cidrs text[], ports integer[])
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	entry text;
+	net inet;
+	host_bits integer;
+	total bigint := 0;
+BEGIN
+	FOREACH entry IN ARRAY coalesce(cidrs, '{}') LOOP
+		BEGIN
+			net := network(entry::inet);
+		EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value OR null_value_not_allowed THEN
+			CONTINUE;
+		END;
+		CONTINUE WHEN net IS NULL;
+		host_bits := (CASE family(net) WHEN 4 THEN 32 ELSE 128 END) - masklen(net);
+		IF host_bits <= 12 THEN
+			total := total + (2::bigint ^ host_bits)::bigint;
+		END IF;
+	END LOOP;
+	RETURN total * (SELECT count(DISTINCT p) FROM unnest(ports) AS p);
+END
+$$;
+
+-- Claims due targets, each locked for the batch (FOR UPDATE SKIP LOCKED: two runners never scan one target at once),
+-- until their endpoints reach endpoint_budget (at least one target), and returns them as a JSON array: id, cidrs,
+-- timeout_ms, endpoints [{e, a, p}] (interleaved by the caller), errors (its entries'), notes.  Targets in id order,
+-- those a previous run cut short ("deferred", kept by the runner) last, so that one target too slow for a run never
+-- keeps the others from being scanned; "exclude": the targets this run already skipped.  Targets that cannot be
+-- scanned (bad ports, timeout or interval, more than 65536 endpoints) are claimed, left unchanged and reported
+-- (skipped, skipped_ids).  done: no due target is left after these.
+CREATE OR REPLACE FUNCTION certctl_sched._scan_claim(now timestamptz, endpoint_budget integer, exclude text[],
+	deferred text[], allow_loopback boolean, allowed inet[], OUT claimed integer, OUT skipped integer,
+	OUT skipped_example text, OUT skipped_ids text[], OUT done boolean, OUT targets jsonb)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 @BODY_SETTINGS@
@@ -111,6 +145,7 @@ DECLARE
 BEGIN
 	claimed := 0;
 	skipped := 0;
+	skipped_ids := '{}';
 	done := true;
 	targets := '[]';
 	OPEN c FOR EXECUTE format($q$
@@ -124,15 +159,17 @@ BEGIN
 					THEN format('timeout_ms %%s is outside 1-600000', coalesce(t.timeout_ms::text, 'NULL'))
 				WHEN t.scan_interval_hours IS NULL OR t.scan_interval_hours < 1
 					THEN format('scan_interval_hours %%s is not positive', coalesce(t.scan_interval_hours::text, 'NULL'))
+				WHEN certctl_sched._scan_size(t.cidrs, t.ports) > 65536
+					THEN format('%%s endpoints, more than 65536', certctl_sched._scan_size(t.cidrs, t.ports))
 			END AS bad
 		FROM %1$I.network_scan_targets t
-		WHERE t.enabled AND t.id > $2
+		WHERE t.enabled AND t.id <> ALL ($2)
 			AND CASE WHEN t.last_scan_at IS NULL OR t.last_scan_at = '-infinity' THEN true
 					 WHEN t.last_scan_at = 'infinity' THEN false
 					 WHEN t.scan_interval_hours IS NULL OR t.scan_interval_hours < 1 THEN true
 					 ELSE $1 - t.last_scan_at >= make_interval(hours => t.scan_interval_hours) END
-		ORDER BY t.id
-		FOR UPDATE OF t SKIP LOCKED$q$, s) USING now, coalesce(after, '');
+		ORDER BY t.id = ANY ($3), t.id
+		FOR UPDATE OF t SKIP LOCKED$q$, s) USING now, coalesce(exclude, '{}'), coalesce(deferred, '{}');
 	LOOP
 		IF total >= endpoint_budget THEN
 			done := false;
@@ -141,9 +178,9 @@ BEGIN
 		FETCH c INTO t;
 		EXIT WHEN NOT FOUND;
 		claimed := claimed + 1;
-		last_key := t.id;
 		IF t.bad IS NOT NULL THEN
 			skipped := skipped + 1;
+			skipped_ids := skipped_ids || t.id;
 			skipped_example := coalesce(skipped_example, format('target "%s" (%s)', t.id, t.bad));
 			CONTINUE;
 		END IF;
@@ -264,3 +301,27 @@ BEGIN
 	RETURN jsonb_array_length(results);
 END
 $body$;
+
+-- The targets a run cut short (the soft stop, SIGTERM) since their last complete scan, per certctl schema: later
+-- runs claim them after the others.  Forgets the targets now complete, keeps those now cut short, and returns the
+-- deferred targets as they were before the call (with empty arrays: as they are).  Called by the runner with the
+-- extension owner's rights.
+CREATE OR REPLACE FUNCTION certctl_sched._scan_deferred(certctl_schema text, complete text[], cut_short text[],
+	now timestamptz)
+RETURNS text[]
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH gone AS (
+	DELETE FROM certctl_sched.scan_deferrals d
+	WHERE d.certctl_schema = _scan_deferred.certctl_schema AND d.target_id = ANY (complete)
+),
+added AS (
+	INSERT INTO certctl_sched.scan_deferrals AS d (certctl_schema, target_id, deferred_at)
+	SELECT _scan_deferred.certctl_schema, u.id, now FROM unnest(cut_short) AS u(id)
+	ON CONFLICT (certctl_schema, target_id) DO UPDATE SET deferred_at = excluded.deferred_at
+)
+SELECT coalesce(array_agg(d.target_id ORDER BY d.target_id), '{}') FROM certctl_sched.scan_deferrals d
+WHERE d.certctl_schema = _scan_deferred.certctl_schema
+	AND d.target_id <> ALL (complete) AND d.target_id <> ALL (cut_short)
+$$;

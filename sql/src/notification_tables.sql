@@ -1,5 +1,5 @@
 --
--- The notifications loop's tables (new in 0.2: created by fresh installs and by the upgrade from 0.1 alike)
+-- The network loops' tables (new in 0.2: created by fresh installs and by the upgrade from 0.1 alike)
 --
 
 -- The notifications loop's channels: one row per channel name as it appears in notification_events.channel.
@@ -36,4 +36,12 @@ CREATE TABLE certctl_sched.notification_backlog (
 	due			bigint NOT NULL,	-- due now
 	waiting		bigint NOT NULL,	-- waiting for a retry
 	counted_at	timestamptz NOT NULL
+);
+
+-- The network scan targets a run cut short since their last complete scan: later runs scan them after the others.
+CREATE TABLE certctl_sched.scan_deferrals (
+	certctl_schema	text NOT NULL,
+	target_id		text NOT NULL,
+	deferred_at		timestamptz NOT NULL,
+	PRIMARY KEY (certctl_schema, target_id)
 );

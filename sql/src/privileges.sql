@@ -22,6 +22,8 @@ REVOKE ALL ON FUNCTION certctl_sched._notification_requests(jsonb, jsonb) FROM P
 REVOKE ALL ON FUNCTION certctl_sched._notification_attempts_record(timestamptz, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched._notifications_waiting(timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION certctl_sched.test_channel(text, text) FROM PUBLIC;
+REVOKE ALL ON certctl_sched.scan_deferrals FROM PUBLIC;
+REVOKE ALL ON FUNCTION certctl_sched._scan_deferred(text, text[], text[], timestamptz) FROM PUBLIC;
 
 -- running, waking, pausing and resuming loops change what the scheduler does: superusers, and the roles they grant
 -- EXECUTE on these functions to, only (each of them is all such a role needs)
@@ -57,7 +59,8 @@ GRANT EXECUTE ON FUNCTION certctl_sched._notifications_backlog(timestamptz, text
 GRANT EXECUTE ON FUNCTION certctl_sched._x509_fields(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._address_refusal(inet, boolean) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_endpoints(text[], integer[], boolean, inet[]) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION certctl_sched._scan_claim(timestamptz, integer, text, boolean, inet[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_claim(timestamptz, integer, text[], text[], boolean, inet[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_size(text[], integer[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_record(timestamptz, jsonb) TO PUBLIC;
 
 -- the loop keys are public knowledge: any process may take the same lock to cooperate

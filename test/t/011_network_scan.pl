@@ -136,7 +136,33 @@ is($node->safe_psql('certctl', q{SET certctl_sched.allow_loopback = off;
 is($node->safe_psql('certctl', q{SELECT details -> 'notes' ->> 0 || ' ' || (details ->> 'endpoints') FROM audit_events
 	WHERE details ->> 'target_id' = 'quiet' ORDER BY timestamp DESC LIMIT 1}),
 	'127.0.1.20: 1 address not scanned (loopback) 0', 'nothing probed, the reason noted');
+# the allowed networks, as written by hand (stray commas and spaces): the run goes on, leaving out what is outside
+app_sql("UPDATE network_scan_targets SET last_scan_at = NULL WHERE id = 'quiet'");
+is($node->safe_psql('certctl', q{SET certctl_sched.network_scan_allowed_networks = '10.0.0.0/8,, 192.168.0.0/16 ';
+	SELECT status FROM certctl_sched.run_loop('network_scan')}), 'ok', 'run with network_scan_allowed_networks set');
+like($node->safe_psql('certctl', q{SELECT details -> 'notes' ->> 0 FROM audit_events
+	WHERE details ->> 'target_id' = 'quiet' ORDER BY timestamp DESC LIMIT 1}),
+	qr/^127\.0\.1\.20: 1 address not scanned \(outside certctl_sched\.network_scan_allowed_networks\)$/, 'outside them: not probed');
 app_sql("UPDATE network_scan_targets SET enabled = false WHERE id IN ('quiet', 'lab')");
+
+# a target too slow to finish within a run does not keep the others from being scanned: the next run takes it last
+$node->safe_psql('certctl', q{ALTER SYSTEM SET certctl_sched.network_scan_timeout = '3s';
+	ALTER SYSTEM SET certctl_sched.network_scan_concurrency = 4; SELECT pg_reload_conf();});
+$node->poll_query_until('certctl', "SELECT current_setting('certctl_sched.network_scan_concurrency') = '4'") or die;
+app_sql("INSERT INTO network_scan_targets (id, name, cidrs, ports, timeout_ms) VALUES
+	('a-slow', 'slow', '{127.0.2.0/27}', '{$port_a}', 2500), ('b-fast', 'fast', '{127.0.1.2}', '{$port_a}', 2000)");
+is(run_loop(), 'ok|1|', 'the first run scans the slow target alone (it fills the batch) and is cut short');
+is($node->safe_psql('certctl', q{SELECT string_agg(id || ':' || (last_scan_at IS NOT NULL), ' ' ORDER BY id)
+	FROM network_scan_targets WHERE id IN ('a-slow', 'b-fast')}), 'a-slow:false b-fast:false', 'neither is scanned yet');
+is($node->safe_psql('certctl', 'SELECT string_agg(target_id, \',\') FROM certctl_sched.scan_deferrals'), 'a-slow',
+	'the slow one is deferred');
+run_loop();
+is($node->safe_psql('certctl', q{SELECT last_scan_at IS NOT NULL FROM network_scan_targets WHERE id = 'b-fast'}), 't',
+	'the next run scans the other target first');
+app_sql("UPDATE network_scan_targets SET enabled = false WHERE id IN ('a-slow', 'b-fast')");
+$node->safe_psql('certctl', q{ALTER SYSTEM RESET certctl_sched.network_scan_timeout;
+	ALTER SYSTEM RESET certctl_sched.network_scan_concurrency; SELECT pg_reload_conf();});
+$node->poll_query_until('certctl', "SELECT current_setting('certctl_sched.network_scan_concurrency') = '256'") or die;
 
 # ---------------------------------------------------------------------------------------------------------------
 # SIGTERM mid-scan: the handshakes in flight are abandoned, the worker exits at once, what completed is recorded,
@@ -144,9 +170,10 @@ app_sql("UPDATE network_scan_targets SET enabled = false WHERE id IN ('quiet', '
 app_sql("INSERT INTO network_scan_targets (id, name, cidrs, ports, timeout_ms) VALUES
 	('silent', 'silent', '{127.0.2.0/26}', '{$port_a}', 60000),
 	('served', 'served', '{127.0.1.2, 127.0.1.3}', '{$port_a}', 60000)");
-my $runs = $node->safe_psql('certctl', "SELECT runs FROM certctl_sched.loops WHERE loop = 'network_scan'");
+my $silent_before = 0;
+my $silent_seen = sub { scalar(grep { $_->{kind} eq 'silent' && $_->{host} =~ /^127\.0\.2\./ } $tls->entries) - $silent_before };
+$silent_before = $silent_seen->();
 $node->safe_psql('certctl', "SELECT certctl_sched.run_now('network_scan')");
-my $silent_seen = sub { scalar(grep { $_->{kind} eq 'silent' && $_->{host} =~ /^127\.0\.2\./ } $tls->entries) };
 my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
 Time::HiRes::sleep(0.05) until $silent_seen->() >= 62 || time > $deadline;
 is($silent_seen->(), 62, 'all 62 silent endpoints connected, waiting for their handshakes');

@@ -791,10 +791,17 @@ send_batch(RunContext *ctx, NotifyRun *nr, Oid owner)
 	int			limit = 4 * Max(certctl_sched_notifications_concurrency, 1);
 	int			claimed = 0;
 	int			n = 0;
-	char	   *json = claim(ctx, nr, owner, limit, &claimed);
+	char	   *json;
 	Notification *xs;
 	int64		recorded;
 
+	/* no new batch past the soft stop */
+	if (stopping(ctx))
+	{
+		ctx->done = true;
+		return 0;
+	}
+	json = claim(ctx, nr, owner, limit, &claimed);
 	ctx->done = claimed < limit;
 	if (claimed == 0)
 	{

@@ -27,6 +27,21 @@ SELECT CASE
 END
 $$;
 
+-- A cidrs entry as Go reads it: its network (a CIDR is masked, so that 10.0.0.1/24 is 10.0.0.0/24; a plain address is
+-- itself) and its host bits; both NULL for an entry that is no address or CIDR.
+CREATE OR REPLACE FUNCTION certctl_sched._scan_network(entry text, OUT net inet, OUT host_bits integer)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	net := network(entry::inet);
+	host_bits := (CASE family(net) WHEN 4 THEN 32 ELSE 128 END) - masklen(net);
+EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value OR null_value_not_allowed THEN
+	net := NULL;
+	host_bits := NULL;
+END
+$$;
+
 -- The endpoints of one target: each entry of cidrs (a CIDR, masked as Go does, so that 10.0.0.1/24 is 10.0.0.0/24;
 -- or a plain address) expanded to its addresses — at most 12 host bits, IPv4 and IPv6 alike — without the addresses
 -- the egress policy refuses or certctl_sched.network_scan_allowed_networks leaves out ("allowed": empty means
@@ -47,17 +62,12 @@ DECLARE
 	host_bits integer;
 BEGIN
 	FOREACH entry IN ARRAY coalesce(cidrs, '{}') LOOP
-		BEGIN
-			net := network(entry::inet);
-		EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value OR null_value_not_allowed THEN
-			net := NULL;
-		END;
+		SELECT n.net, n.host_bits INTO net, host_bits FROM certctl_sched._scan_network(entry) n;
 		IF net IS NULL THEN
 			RETURN QUERY SELECT NULL::text, NULL::inet, NULL::integer,
 				format('%s: not an IP address or CIDR', coalesce(entry, 'NULL')), NULL::text;
 			CONTINUE;
 		END IF;
-		host_bits := CASE family(net) WHEN 4 THEN 32 ELSE 128 END - masklen(net);
 		IF host_bits > 12 THEN
 			RETURN QUERY SELECT NULL::text, NULL::inet, NULL::integer,
 				format('%s: more than 4096 addresses (a /%s); at most 12 host bits (an IPv4 /20, an IPv6 /116) are scanned',
@@ -99,25 +109,10 @@ RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	entry text;
-	net inet;
-	host_bits integer;
-	total bigint := 0;
 BEGIN
-	FOREACH entry IN ARRAY coalesce(cidrs, '{}') LOOP
-		BEGIN
-			net := network(entry::inet);
-		EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value OR null_value_not_allowed THEN
-			CONTINUE;
-		END;
-		CONTINUE WHEN net IS NULL;
-		host_bits := (CASE family(net) WHEN 4 THEN 32 ELSE 128 END) - masklen(net);
-		IF host_bits <= 12 THEN
-			total := total + (2::bigint ^ host_bits)::bigint;
-		END IF;
-	END LOOP;
-	RETURN total * (SELECT count(DISTINCT p) FROM unnest(ports) AS p);
+	RETURN (SELECT coalesce(sum(2::bigint ^ n.host_bits), 0)::bigint
+			FROM unnest(cidrs) AS e(entry), certctl_sched._scan_network(e.entry) n WHERE n.host_bits <= 12)
+		* (SELECT count(DISTINCT p) FROM unnest(ports) AS p);
 END
 $$;
 

@@ -61,6 +61,7 @@ GRANT EXECUTE ON FUNCTION certctl_sched._address_refusal(inet, boolean) TO PUBLI
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_endpoints(text[], integer[], boolean, inet[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_claim(timestamptz, integer, text[], text[], boolean, inet[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_size(text[], integer[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._scan_network(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._scan_record(timestamptz, jsonb) TO PUBLIC;
 
 -- the loop keys are public knowledge: any process may take the same lock to cooperate

@@ -21,7 +21,8 @@ FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = 'certctl_sched'::regnamespace
 	AND p.proname IN ('check_expiring_certificates', 'process_pending_jobs', 'mark_stale_agents_offline',
 		'expire_short_lived_certificates', '_renewal_batch', '_job_processor_batch', '_agent_health_batch',
-		'_short_lived_expiry_batch', '_check_args', '_alert_thresholds', '_key_window', '_claim_windows')
+		'_short_lived_expiry_batch', '_check_args', '_alert_thresholds', '_key_window', '_status_spellings',
+		'_claim_windows')
 ORDER BY p.proname;
 
 -- a fixture schema whose name needs quoting

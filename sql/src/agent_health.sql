@@ -45,10 +45,11 @@ BEGIN
 				AND a.last_heartbeat_at < $1 - %3$L::interval
 				%2$s
 				AND a.id > $3 AND a.id <= $4
+				AND ($5::text[] IS NULL OR a.id = ANY ($5::text[]))
 			ORDER BY a.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF a SKIP LOCKED
-		) b$q$, s, not_retired, threshold), now, batch_size, after) w;
+		) b$q$, s, not_retired, threshold), now, batch_size, after, NULL) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;
@@ -59,10 +60,11 @@ BEGIN
 	-- 2. mark them offline, re-checked against their latest version
 	EXECUTE format($q$
 		WITH marked AS (
+			-- the claimed keys as one array condition, not a join the planner could turn into a rescan of them
+			-- for every online agent
 			UPDATE %1$I.agents u
 			SET status = 'Offline'
-			FROM unnest($2::text[]) AS k(id)
-			WHERE u.id = k.id
+			WHERE u.id = ANY ($2::text[])
 				AND lower(u.status) = 'online'
 				AND u.last_heartbeat_at < $1 - $3
 			RETURNING u.id

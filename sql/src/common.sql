@@ -113,26 +113,101 @@ BEGIN
 END
 $$;
 
--- Claims up to batch_size rows of certctl table tbl whose primary key sorts after `after` (NULL: from the start),
--- scanning one window of keys at a time, so that each statement reads a bounded key range in key order whatever the
--- planner thinks of the claim's selectivity.  claim is a query over one window that locks what it claims; it takes $1
--- now, $2 the rows still wanted, $3 and $4 the window's bounds (lower exclusive, upper inclusive), and returns one row:
--- the claimed keys in key order (text[]) and, optionally, one text of information per key.  Returns them all.
+-- The spellings of the status column of certctl table tbl that, lowercased, are among `wanted` (lowercase), found by
+-- a loose scan of an index whose first column is status (certctl has one on jobs and notification_events): one index
+-- probe per distinct status, whatever the table's size.  NULL when there is no such index: the caller then finds its
+-- rows by walking key windows (_claim_windows), as it would without it.
+CREATE OR REPLACE FUNCTION certctl_sched._status_spellings(certctl_schema text, tbl text, wanted text[])
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	spellings text[];
+BEGIN
+	IF NOT EXISTS (
+		SELECT FROM pg_index i
+			JOIN pg_class c ON c.oid = i.indrelid
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+			JOIN pg_class ic ON ic.oid = i.indexrelid
+			JOIN pg_am am ON am.oid = ic.relam
+		WHERE n.nspname = certctl_schema AND c.relname = tbl AND a.attname = 'status'
+			AND a.atttypid IN ('text'::regtype, 'varchar'::regtype) AND am.amname = 'btree'
+			AND i.indisvalid AND i.indpred IS NULL) THEN
+		RETURN NULL;
+	END IF;
+	EXECUTE format($q$
+		WITH RECURSIVE v(status) AS (
+			SELECT min(t.status::text) FROM %1$I.%2$I t
+			UNION ALL
+			SELECT (SELECT min(t.status::text) FROM %1$I.%2$I t WHERE t.status::text > v.status)
+			FROM v WHERE v.status IS NOT NULL
+		)
+		SELECT coalesce(array_agg(v.status), '{}') FROM v WHERE lower(v.status) = ANY ($1)$q$, certctl_schema, tbl)
+	INTO spellings
+	USING wanted;
+	RETURN spellings;
+END
+$$;
+
+-- Claims up to batch_size rows of certctl table tbl whose primary key sorts after `after` (NULL: from the start).
+-- claim is a query that locks what it claims among the keys in ($3, $4] (lower exclusive, upper inclusive) and, when
+-- $5 is not NULL, among the keys in $5 only; it takes $1 now and $2 the rows still wanted, and returns one row: the
+-- claimed keys in key order (text[]) and, optionally, one text of information per key.  Returns them all.
+--   With `spellings` (from _status_spellings; NULL: none), the rows whose status is one of them are looked up first
+-- through the status index: when there are at most 10 × batch_size of them (by the planner's estimate, then counted),
+-- the claim runs once on exactly those after `after`, so that a run does not read the rows no loop will claim again
+-- (certctl keeps every job and notification it ever made).  Otherwise, and without spellings, the claim scans one
+-- window of keys at a time, so that each statement reads a bounded key range in key order whatever the planner
+-- thinks of its selectivity.
 CREATE OR REPLACE FUNCTION certctl_sched._claim_windows(certctl_schema text, tbl text, claim text, now timestamptz,
-	batch_size integer, after text, OUT ids text[], OUT info text[])
+	batch_size integer, after text, spellings text[], OUT ids text[], OUT info text[])
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	lo text := coalesce(after, '');
 	hi text;
+	plan json;
+	n bigint;
+	candidates text[];
 	more_ids text[];
 	more_info text[];
 BEGIN
+	IF spellings IS NOT NULL THEN
+		-- how many rows have those statuses: the planner's estimate first (a backlog, where the walk finds its rows
+		-- densely, costs no more than before), then a count up to one more than the limit (the status index alone,
+		-- where the visibility map allows); if they are few, their keys after `after`
+		EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM %1$I.%2$I t WHERE t.status::text = ANY ($1)',
+			certctl_schema, tbl)
+		INTO plan
+		USING spellings;
+		n := batch_size * 10 + 1;
+		IF (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= batch_size * 10 THEN
+			EXECUTE format($q$
+				SELECT count(*) FROM (SELECT FROM %1$I.%2$I t WHERE t.status::text = ANY ($1) LIMIT $2) c$q$,
+				certctl_schema, tbl)
+			INTO n
+			USING spellings, batch_size * 10 + 1;
+		END IF;
+		IF n <= batch_size * 10 THEN
+			EXECUTE format($q$
+				SELECT array_agg(t.id ORDER BY t.id) FROM %1$I.%2$I t WHERE t.status::text = ANY ($1) AND t.id > $2$q$,
+				certctl_schema, tbl)
+			INTO candidates
+			USING spellings, lo;
+			IF candidates IS NOT NULL THEN
+				EXECUTE claim INTO ids, info USING now, batch_size, lo, candidates[cardinality(candidates)], candidates;
+			END IF;
+			RETURN;
+		END IF;
+	END IF;
 	LOOP
 		hi := certctl_sched._key_window(certctl_schema, tbl, lo, batch_size * 10);
 		EXIT WHEN hi IS NULL;
-		EXECUTE claim INTO more_ids, more_info USING now, batch_size - coalesce(cardinality(ids), 0), lo, hi;
+		EXECUTE claim INTO more_ids, more_info USING now, batch_size - coalesce(cardinality(ids), 0), lo, hi,
+			NULL::text[];
 		ids := ids || more_ids;
 		info := info || more_info;
 		EXIT WHEN coalesce(cardinality(ids), 0) >= batch_size;

@@ -29,6 +29,8 @@ DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['jobs', 'managed_certificates', 'issuers',
 		'deployment_targets', 'agents', 'owners', 'notification_events', 'audit_events']);
 	f record := certctl_sched._certctl_features(s);
+	-- how certctl's status index spells Pending (NULL: no index; then lower(status) over a walk of the keys)
+	spellings text[] := certctl_sched._status_spellings(s, 'jobs', ARRAY['pending']);
 	claimed_ids text[];
 	bad text[];
 	waiting bigint;
@@ -54,10 +56,11 @@ BEGIN
 										   WHERE a.id = j.agent_id
 											   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
 					AND j.id > $3 AND j.id <= $4
+					AND ($5::text[] IS NULL OR j.id = ANY ($5::text[]))
 				ORDER BY j.id
 				LIMIT $2
 				FOR UPDATE OF j SKIP LOCKED
-			) b$q$, s), now, batch_size, after) w;
+			) b$q$, s), now, batch_size, after, spellings) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;
@@ -182,13 +185,13 @@ BEGIN
 		FROM (
 			SELECT j.type, count(*) AS n
 			FROM %1$I.jobs j
-			WHERE lower(j.status) = 'pending'
+			WHERE lower(j.status) = 'pending' AND %2$s
 				AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
 				AND lower(j.type) NOT IN ('renewal', 'issuance', 'deployment')
 			GROUP BY j.type
-		) w$q$, s)
+		) w$q$, s, CASE WHEN spellings IS NULL THEN 'true' ELSE 'j.status::text = ANY ($2)' END)
 	INTO waiting, waiting_types
-	USING now;
+	USING now, spellings;
 	IF waiting > 0 THEN
 		RAISE NOTICE '% pending jobs have a type the job processor does not handle', waiting
 			USING DETAIL = format('Job types: %s.', waiting_types),

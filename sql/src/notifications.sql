@@ -59,6 +59,9 @@ DECLARE
 		 OR (lower(n.status) = 'failed' AND n.retry_count < 5
 			 AND (n.next_retry_at <= $1 OR (n.next_retry_at IS NULL AND n.last_error IS NULL))))$q$
 		ELSE format('(lower(n.status) = %L AND n.id <> ALL (%L::text[]))', 'pending', coalesce(waiting, '{}')) END;
+	-- how certctl's status index spells the due statuses (NULL: no index; then a walk of the keys)
+	spellings text[] := certctl_sched._status_spellings(s, 'notification_events',
+		CASE WHEN f.notification_retries THEN ARRAY['pending', 'failed'] ELSE ARRAY['pending'] END);
 	ids text[];
 BEGIN
 	SELECT w.ids INTO ids
@@ -70,10 +73,11 @@ BEGIN
 			WHERE %2$s
 				AND lower(n.channel) = ANY (%3$L::text[])
 				AND n.id > $3 AND n.id <= $4
+				AND ($5::text[] IS NULL OR n.id = ANY ($5::text[]))
 			ORDER BY n.id
 			LIMIT $2
 			FOR UPDATE OF n SKIP LOCKED
-		) b$q$, s, due, (SELECT array_agg(lower(c)) FROM unnest(channels) AS c)), now, batch_size, after) w;
+		) b$q$, s, due, (SELECT array_agg(lower(c)) FROM unnest(channels) AS c)), now, batch_size, after, spellings) w;
 	claimed := coalesce(cardinality(ids), 0);
 	last_key := ids[claimed];
 	IF claimed = 0 THEN
@@ -288,18 +292,20 @@ AS $body$
 DECLARE
 	s text := certctl_sched._check_args(now, 1, ARRAY['notification_events']);
 	f record := certctl_sched._certctl_features(s);
+	spellings text[] := certctl_sched._status_spellings(s, 'notification_events', ARRAY['pending', 'failed']);
 BEGIN
 	RETURN QUERY EXECUTE format($q$
 		SELECT n.channel::text, count(*) FILTER (WHERE %2$s), count(*) FILTER (WHERE NOT (%2$s))
 		FROM %1$I.notification_events n
-		WHERE lower(n.status) = 'pending' OR (%3$s)
+		WHERE (lower(n.status) = 'pending' OR (%3$s)) AND %4$s
 		GROUP BY n.channel ORDER BY n.channel$q$, s,
 		CASE WHEN f.notification_retries THEN '(n.next_retry_at IS NULL OR n.next_retry_at <= $1)'
 			ELSE 'n.id <> ALL ($2)' END,
 		CASE WHEN f.notification_retries
 			THEN $q$lower(n.status) = 'failed' AND n.retry_count < 5 AND (n.next_retry_at IS NOT NULL OR n.last_error IS NULL)$q$
-			ELSE 'false' END)
-	USING now, coalesce(retrying, '{}');
+			ELSE 'false' END,
+		CASE WHEN spellings IS NULL THEN 'true' ELSE 'n.status::text = ANY ($3)' END)
+	USING now, coalesce(retrying, '{}'), spellings;
 END
 $body$;
 

@@ -146,10 +146,11 @@ BEGIN
 				AND lower(c.status) <> ALL (%4$L::text[])
 				AND (NOT e.usable OR d.transition OR d.renew OR d.due_alerts IS NOT NULL)
 				AND c.id > $3 AND c.id <= $4
+				AND ($5::text[] IS NULL OR c.id = ANY ($5::text[]))
 			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
-		) b$q$, certs, policies, s, skip_statuses), now, batch_size, after) w;
+		) b$q$, certs, policies, s, skip_statuses), now, batch_size, after, NULL) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;

@@ -36,10 +36,11 @@ BEGIN
 				AND c.expires_at <= $1
 				AND p.allow_short_lived AND p.max_ttl_seconds > 0 AND p.max_ttl_seconds < 3600
 				AND c.id > $3 AND c.id <= $4
+				AND ($5::text[] IS NULL OR c.id = ANY ($5::text[]))
 			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
-		) b$q$, s), now, batch_size, after) w;
+		) b$q$, s), now, batch_size, after, NULL) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;
@@ -54,10 +55,11 @@ BEGIN
 	-- 2. expire them, re-checked against their latest version, with one audit each
 	EXECUTE format($q$
 		WITH x AS (
+			-- the keys as one array condition, not a join the planner could turn into a rescan of them for every
+			-- candidate certificate
 			UPDATE %1$I.managed_certificates u
 			SET status = 'Expired', updated_at = $1
-			FROM unnest($2::text[], $3::text[]) AS k(id, bad)
-			WHERE u.id = k.id AND k.bad IS NULL
+			WHERE u.id = ANY ($2::text[])
 				AND lower(u.status) IN ('active', 'expiring')
 				AND u.expires_at <= $1
 			RETURNING u.id, u.certificate_profile_id, u.expires_at
@@ -75,7 +77,7 @@ BEGIN
 		)
 		SELECT count(*) FROM x$q$, s)
 	INTO acted
-	USING now, claimed_ids, bad;
+	USING now, ARRAY(SELECT k.id FROM unnest(claimed_ids, bad) AS k(id, why) WHERE k.why IS NULL);
 END
 $body$;
 

@@ -32,6 +32,15 @@ VACUUM ANALYZE claim_reads.jobs;
 SELECT certctl_sched._status_spellings('claim_reads', 'jobs', ARRAY['pending']);
 SELECT certctl_sched._status_spellings('claim_reads', 'jobs', ARRAY['running']);
 SELECT certctl_sched._status_spellings('claim_reads', 'deployment_targets', ARRAY['pending']);
+-- nor when the only index on status orders it differently from the column (a collation or operator class of its
+-- own) or covers some rows only
+BEGIN;
+DROP INDEX claim_reads.idx_jobs_status, claim_reads.idx_jobs_status_scheduled_at;
+CREATE INDEX ON claim_reads.jobs (status COLLATE "C");
+CREATE INDEX ON claim_reads.jobs (status text_pattern_ops);
+CREATE INDEX ON claim_reads.jobs (status) WHERE status = 'Pending';
+SELECT certctl_sched._status_spellings('claim_reads', 'jobs', ARRAY['pending']) IS NULL AS no_usable_index;
+ROLLBACK;
 
 -- the job processor's run: it reads the four candidates and a few index entries, not the 20,000 jobs
 BEGIN;

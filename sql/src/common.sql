@@ -115,8 +115,9 @@ $$;
 
 -- The spellings of the status column of certctl table tbl that, lowercased, are among `wanted` (lowercase), found by
 -- a loose scan of an index whose first column is status (certctl has one on jobs and notification_events): one index
--- probe per distinct status, whatever the table's size.  NULL when there is no such index: the caller then finds its
--- rows by walking key windows (_claim_windows), as it would without it.
+-- probe per distinct status, whatever the table's size.  NULL when there is no such index (valid, not partial, with
+-- the column's default ordering and collation): the caller then finds its rows by walking key windows
+-- (_claim_windows), as it would without it.
 CREATE OR REPLACE FUNCTION certctl_sched._status_spellings(certctl_schema text, tbl text, wanted text[])
 RETURNS text[]
 LANGUAGE plpgsql STABLE
@@ -132,8 +133,11 @@ BEGIN
 			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
 			JOIN pg_class ic ON ic.oid = i.indexrelid
 			JOIN pg_am am ON am.oid = ic.relam
+			JOIN pg_opclass opc ON opc.oid = i.indclass[0]
 		WHERE n.nspname = certctl_schema AND c.relname = tbl AND a.attname = 'status'
 			AND a.atttypid IN ('text'::regtype, 'varchar'::regtype) AND am.amname = 'btree'
+			-- an index the scans below can use: the column's own ordering and collation, every row
+			AND opc.opcdefault AND i.indcollation[0] = a.attcollation
 			AND i.indisvalid AND i.indpred IS NULL) THEN
 		RETURN NULL;
 	END IF;

@@ -62,22 +62,37 @@ SELECT string_agg(format('%s %s', id, status), ', ' ORDER BY id) = :'with_index'
 FROM claim_reads.jobs WHERE status <> 'Completed';
 ROLLBACK;
 
--- with eight more pending (validation) jobs the candidates are twelve: more than ten batches of one, so batches of
--- one walk the keys (reading the 12,000 between the first due job and the next), batches of two do not; either way
--- the batches claim the due jobs in key order
-UPDATE claim_reads.jobs SET status = 'Pending', type = 'Validation', completed_at = NULL
-WHERE id IN ('job-00100', 'job-00200', 'job-00300', 'job-00400', 'job-00600', 'job-00700', 'job-00800', 'job-00900');
+-- rows with a due status that no claim would take are not candidates: with 30 more pending validation jobs and
+-- deployments whose agent is online, a batch of one reads those rows, not the table's 20,000
+INSERT INTO claim_reads.agents (id, name, hostname, status, last_heartbeat_at, api_key_hash)
+VALUES ('ag-online', 'online', 'h', 'Online', :'now', 'x');
+INSERT INTO claim_reads.jobs (id, type, status, agent_id)
+SELECT format('job-v%s', g), CASE WHEN g % 2 = 0 THEN 'Validation' ELSE 'Deployment' END, 'Pending',
+	CASE WHEN g % 2 = 1 THEN 'ag-online' END
+FROM generate_series(1, 30) AS g;
+BEGIN;
+SELECT pg_temp.reads('claim_reads.jobs') AS before \gset
+SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 1, NULL, interval '5 minutes') AS b;
+SELECT pg_temp.reads('claim_reads.jobs') - :before < 1000 AS few_rows_read;
+ROLLBACK;
+
+-- with nine more due renewal jobs the candidates are twelve, eleven after the first batch: more than ten batches of
+-- one, so batches of one walk the keys (reading the 11,000 between job-00950 and the next due job), batches of two
+-- do not; either way the batches claim the due jobs in key order
+UPDATE claim_reads.jobs SET status = 'Pending', completed_at = NULL
+WHERE id IN ('job-00100', 'job-00200', 'job-00300', 'job-00400', 'job-00600', 'job-00700', 'job-00800', 'job-00900',
+	'job-00950');
 BEGIN;
 SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 1, NULL, interval '5 minutes') AS b;
 SELECT pg_temp.reads('claim_reads.jobs') AS before \gset
-SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 1, 'job-00007', interval '5 minutes') AS b;
-SELECT pg_temp.reads('claim_reads.jobs') - :before >= 12000 AS walked;
+SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 1, 'job-00950', interval '5 minutes') AS b;
+SELECT pg_temp.reads('claim_reads.jobs') - :before >= 11000 AS walked;
 ROLLBACK;
 BEGIN;
 SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 2, NULL, interval '5 minutes') AS b;
 SELECT pg_temp.reads('claim_reads.jobs') AS before \gset
-SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 2, 'job-12000', interval '5 minutes') AS b;
-SELECT pg_temp.reads('claim_reads.jobs') - :before < 100 AS few_rows_read;
+SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 2, 'job-00950', interval '5 minutes') AS b;
+SELECT pg_temp.reads('claim_reads.jobs') - :before < 1000 AS few_rows_read;
 SELECT b.claimed, b.last_key FROM certctl_sched._job_processor_batch(:'now', 2, 'job-19999', interval '5 minutes') AS b;
 ROLLBACK;
 
@@ -104,7 +119,48 @@ FROM certctl_sched._notifications_claim(:'now', 64, NULL, ARRAY['Webhook'], '{}'
 SELECT pg_temp.reads('claim_reads.notification_events') - :before >= 20000 AS every_key_read;
 ROLLBACK;
 
+-- today's schema: failed notifications are due again at their next_retry_at; those certctl will never retry (failed
+-- for good, or dead) and pending ones on channels not asked for are no candidates, however many
+CREATE SCHEMA claim_reads_head;
+SET search_path = claim_reads_head, public;
+\set ECHO none
+\i test/certctl_schema_head.sql
+\set ECHO all
+RESET search_path;
+SET certctl_sched.certctl_schema = 'claim_reads_head';
+INSERT INTO claim_reads_head.notification_events (id, type, channel, recipient, message, status, sent_at, retry_count,
+	next_retry_at, last_error)
+SELECT format('notif-%s', lpad(g::text, 5, '0')), 'ExpirationWarning', 'Webhook', 'ops@example.com', 'expires',
+	CASE WHEN g <= 19000 THEN 'sent' WHEN g <= 19700 THEN 'failed' ELSE 'pending' END,
+	CASE WHEN g <= 19000 THEN :'now'::timestamptz END, 0, NULL,
+	CASE WHEN g BETWEEN 19001 AND 19700 THEN 'HTTP 404: not found' END
+FROM generate_series(1, 20000) AS g;
+UPDATE claim_reads_head.notification_events SET channel = 'Slack' WHERE id > 'notif-19700';
+UPDATE claim_reads_head.notification_events SET status = 'dead', retry_count = 5 WHERE id = 'notif-00003';
+UPDATE claim_reads_head.notification_events
+SET status = 'Failed', retry_count = 2, next_retry_at = :'now'::timestamptz - interval '1 minute', last_error = '503'
+WHERE id = 'notif-05000';
+UPDATE claim_reads_head.notification_events
+SET status = 'failed', retry_count = 1, next_retry_at = :'now'::timestamptz + interval '1 minute', last_error = '503'
+WHERE id = 'notif-05001';
+UPDATE claim_reads_head.notification_events SET status = 'pending', sent_at = NULL WHERE id = 'notif-09000';
+VACUUM ANALYZE claim_reads_head.notification_events;
+BEGIN;
+SELECT pg_temp.reads('claim_reads_head.notification_events') AS before \gset
+SELECT c.claimed, c.last_key, jsonb_path_query_array(c.notifications, '$[*].id') AS ids
+FROM certctl_sched._notifications_claim(:'now', 64, NULL, ARRAY['Webhook'], '{}') AS c;
+SELECT pg_temp.reads('claim_reads_head.notification_events') - :before < 10000 AS few_rows_read;	-- the 1,003 with a due status
+ROLLBACK;
+-- the same claim, walking the keys without the index, and the backlog counted both ways
+SELECT * FROM certctl_sched._notifications_backlog(:'now', '{}');
+BEGIN;
+DROP INDEX claim_reads_head.idx_notification_events_status;
+SELECT c.claimed, c.last_key, jsonb_path_query_array(c.notifications, '$[*].id') AS ids
+FROM certctl_sched._notifications_claim(:'now', 64, NULL, ARRAY['Webhook'], '{}') AS c;
+SELECT * FROM certctl_sched._notifications_backlog(:'now', '{}');
+ROLLBACK;
+
 RESET certctl_sched.certctl_schema;
 SET client_min_messages = warning;
-DROP SCHEMA claim_reads CASCADE;
+DROP SCHEMA claim_reads, claim_reads_head CASCADE;
 RESET client_min_messages;

@@ -49,7 +49,7 @@ BEGIN
 			ORDER BY a.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF a SKIP LOCKED
-		) b$q$, s, not_retired, threshold), now, batch_size, after, NULL) w;
+		) b$q$, s, not_retired, threshold), now, batch_size, after, NULL, NULL) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;

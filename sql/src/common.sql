@@ -12,7 +12,8 @@
 --   skipped          claimed rows it cannot process (bad data), left unchanged and reported by the runner,
 --   skipped_example  one of them, and why.
 -- Only rows that need a change the body can make are claimed, in primary-key order, one window of keys at a time:
--- a run reads each row once, whatever the planner estimates, and its cost grows linearly with the table.
+-- a run reads each row once, whatever the planner estimates, and its cost grows linearly with the table; or, for the
+-- job processor and the notifications loop, among the few candidates certctl's status index finds (_claim_windows).
 --
 -- Rights: the runners call the bodies with the rights of the role owning certctl's tables, in a security-restricted
 -- operation; anyone may call them, with their own rights.
@@ -116,8 +117,8 @@ $$;
 -- The spellings of the status column of certctl table tbl that, lowercased, are among `wanted` (lowercase), found by
 -- a loose scan of an index whose first column is status (certctl has one on jobs and notification_events): one index
 -- probe per distinct status, whatever the table's size.  NULL when there is no such index (valid, not partial, with
--- the column's default ordering and collation): the caller then finds its rows by walking key windows
--- (_claim_windows), as it would without it.
+-- the column's default ordering and its collation, a deterministic one): the caller then finds its rows by walking
+-- key windows (_claim_windows), as it would without it.
 CREATE OR REPLACE FUNCTION certctl_sched._status_spellings(certctl_schema text, tbl text, wanted text[])
 RETURNS text[]
 LANGUAGE plpgsql STABLE
@@ -134,10 +135,11 @@ BEGIN
 			JOIN pg_class ic ON ic.oid = i.indexrelid
 			JOIN pg_am am ON am.oid = ic.relam
 			JOIN pg_opclass opc ON opc.oid = i.indclass[0]
+			JOIN pg_collation coll ON coll.oid = a.attcollation
 		WHERE n.nspname = certctl_schema AND c.relname = tbl AND a.attname = 'status'
 			AND a.atttypid IN ('text'::regtype, 'varchar'::regtype) AND am.amname = 'btree'
 			-- an index the scans below can use: the column's own ordering and collation, every row
-			AND opc.opcdefault AND i.indcollation[0] = a.attcollation
+			AND opc.opcdefault AND i.indcollation[0] = a.attcollation AND coll.collisdeterministic
 			AND i.indisvalid AND i.indpred IS NULL) THEN
 		RETURN NULL;
 	END IF;
@@ -159,20 +161,26 @@ $$;
 -- claim is a query that locks what it claims among the keys in ($3, $4] (lower exclusive, upper inclusive) and, when
 -- $5 is not NULL, among the keys in $5 only; it takes $1 now and $2 the rows still wanted, and returns one row: the
 -- claimed keys in key order (text[]) and, optionally, one text of information per key.  Returns them all.
---   With `spellings` (from _status_spellings; NULL: none), the rows whose status is one of them are looked up first
--- through the status index: when there are at most 10 × batch_size of them (by the planner's estimate, then counted),
--- the claim runs once on exactly those after `after`, so that a run does not read the rows no loop will claim again
--- (certctl keeps every job and notification it ever made).  Otherwise, and without spellings, the claim scans one
--- window of keys at a time, so that each statement reads a bounded key range in key order whatever the planner
--- thinks of its selectivity.
+--   With `spellings` (from _status_spellings; NULL: none), the candidates — rows whose status is one of them and
+-- that pass `candidate` (a condition on the table aliased t, which may use $1 now; NULL: none), e.g. the claim's own
+-- conditions without its locks — are looked up first through the status index.  When there are at most ten batches
+-- of them (at most 100,000), the claim runs once on exactly those after `after`, so that a run does not read the
+-- rows no loop will claim again: certctl keeps every job and notification it ever made.  They are counted (up to one
+-- more than that) on a run's first batch, and on later batches when the planner expects few rows with those
+-- statuses: within a backlog, where the walk finds its rows densely, a batch costs what it did.  Otherwise, and
+-- without spellings, the claim scans one window of keys at a time, so that each statement reads a bounded key range
+-- in key order whatever the planner thinks of its selectivity.  Either way the same rows are claimed, but for a row
+-- whose state changes during the batch, which the next run takes.
 CREATE OR REPLACE FUNCTION certctl_sched._claim_windows(certctl_schema text, tbl text, claim text, now timestamptz,
-	batch_size integer, after text, spellings text[], OUT ids text[], OUT info text[])
+	batch_size integer, after text, spellings text[], candidate text, OUT ids text[], OUT info text[])
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	lo text := coalesce(after, '');
 	hi text;
+	most integer := least(batch_size, 10000) * 10;
+	candidates_of text;
 	plan json;
 	n bigint;
 	candidates text[];
@@ -180,27 +188,20 @@ DECLARE
 	more_info text[];
 BEGIN
 	IF spellings IS NOT NULL THEN
-		-- how many rows have those statuses: the planner's estimate first (a backlog, where the walk finds its rows
-		-- densely, costs no more than before), then a count up to one more than the limit (the status index alone,
-		-- where the visibility map allows); if they are few, their keys after `after`
-		EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM %1$I.%2$I t WHERE t.status::text = ANY ($1)',
-			certctl_schema, tbl)
-		INTO plan
-		USING spellings;
-		n := batch_size * 10 + 1;
-		IF (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= batch_size * 10 THEN
-			EXECUTE format($q$
-				SELECT count(*) FROM (SELECT FROM %1$I.%2$I t WHERE t.status::text = ANY ($1) LIMIT $2) c$q$,
-				certctl_schema, tbl)
-			INTO n
-			USING spellings, batch_size * 10 + 1;
+		candidates_of := format('FROM %I.%I t WHERE t.status::text = ANY ($2) AND (%s)', certctl_schema, tbl,
+			coalesce(candidate, 'true'));
+		n := most + 1;
+		IF after IS NOT NULL THEN
+			EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM %I.%I t WHERE t.status::text = ANY ($1)',
+				certctl_schema, tbl) INTO plan USING spellings;
 		END IF;
-		IF n <= batch_size * 10 THEN
-			EXECUTE format($q$
-				SELECT array_agg(t.id ORDER BY t.id) FROM %1$I.%2$I t WHERE t.status::text = ANY ($1) AND t.id > $2$q$,
-				certctl_schema, tbl)
-			INTO candidates
-			USING spellings, lo;
+		IF after IS NULL OR (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= most THEN
+			EXECUTE format('SELECT count(*) FROM (SELECT %s LIMIT $3) c', candidates_of) INTO n
+			USING now, spellings, most + 1;
+		END IF;
+		IF n <= most THEN
+			EXECUTE format('SELECT array_agg(t.id ORDER BY t.id) %s AND t.id > $3', candidates_of) INTO candidates
+			USING now, spellings, lo;
 			IF candidates IS NOT NULL THEN
 				EXECUTE claim INTO ids, info USING now, batch_size, lo, candidates[cardinality(candidates)], candidates;
 			END IF;

@@ -31,6 +31,13 @@ DECLARE
 	f record := certctl_sched._certctl_features(s);
 	-- how certctl's status index spells Pending (NULL: no index; then lower(status) over a walk of the keys)
 	spellings text[] := certctl_sched._status_spellings(s, 'jobs', ARRAY['pending']);
+	-- a due job this loop handles, besides being Pending (t: the job)
+	due text := format($q$(t.scheduled_at IS NULL OR t.scheduled_at <= $1)
+		AND (lower(t.type) IN ('renewal', 'issuance')
+			OR (lower(t.type) = 'deployment'
+				AND (t.agent_id IS NULL
+					OR EXISTS (SELECT FROM %1$I.agents a
+							   WHERE a.id = t.agent_id AND a.last_heartbeat_at < $1 - interval '5 minutes'))))$q$, s);
 	claimed_ids text[];
 	bad text[];
 	waiting bigint;
@@ -42,25 +49,18 @@ BEGIN
 	FROM certctl_sched._claim_windows(s, 'jobs', format($q$
 			SELECT array_agg(b.id ORDER BY b.id), array_agg(b.bad ORDER BY b.id)
 			FROM (
-				SELECT j.id,
+				SELECT t.id,
 					-- a renewal job whose attempts cannot be counted up is skipped (counted, left Pending)
-					CASE WHEN lower(j.type) IN ('renewal', 'issuance') AND j.attempts >= 2147483647
+					CASE WHEN lower(t.type) IN ('renewal', 'issuance') AND t.attempts >= 2147483647
 						THEN 'attempts is 2147483647' END AS bad
-				FROM %1$I.jobs j
-				WHERE lower(j.status) = 'pending'
-					AND (j.scheduled_at IS NULL OR j.scheduled_at <= $1)
-					AND (lower(j.type) IN ('renewal', 'issuance')
-						OR (lower(j.type) = 'deployment'
-							AND (j.agent_id IS NULL
-								OR EXISTS (SELECT FROM %1$I.agents a
-										   WHERE a.id = j.agent_id
-											   AND a.last_heartbeat_at < $1 - interval '5 minutes'))))
-					AND j.id > $3 AND j.id <= $4
-					AND ($5::text[] IS NULL OR j.id = ANY ($5::text[]))
-				ORDER BY j.id
+				FROM %1$I.jobs t
+				WHERE lower(t.status) = 'pending' AND %2$s
+					AND t.id > $3 AND t.id <= $4
+					AND ($5::text[] IS NULL OR t.id = ANY ($5::text[]))
+				ORDER BY t.id
 				LIMIT $2
-				FOR UPDATE OF j SKIP LOCKED
-			) b$q$, s), now, batch_size, after, spellings) w;
+				FOR UPDATE OF t SKIP LOCKED
+			) b$q$, s, due), now, batch_size, after, spellings, due) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;

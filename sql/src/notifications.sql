@@ -54,11 +54,14 @@ AS $body$
 DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['notification_events']);
 	f record := certctl_sched._certctl_features(s);
-	due text := CASE WHEN f.notification_retries THEN $q$
-		((lower(n.status) = 'pending' AND (n.next_retry_at IS NULL OR n.next_retry_at <= $1))
-		 OR (lower(n.status) = 'failed' AND n.retry_count < 5
-			 AND (n.next_retry_at <= $1 OR (n.next_retry_at IS NULL AND n.last_error IS NULL))))$q$
-		ELSE format('(lower(n.status) = %L AND n.id <> ALL (%L::text[]))', 'pending', coalesce(waiting, '{}')) END;
+	-- a due notification on one of the channels (t: the notification)
+	due text := format('%s AND lower(t.channel) = ANY (%L::text[])',
+		CASE WHEN f.notification_retries THEN $q$
+			((lower(t.status) = 'pending' AND (t.next_retry_at IS NULL OR t.next_retry_at <= $1))
+			 OR (lower(t.status) = 'failed' AND t.retry_count < 5
+				 AND (t.next_retry_at <= $1 OR (t.next_retry_at IS NULL AND t.last_error IS NULL))))$q$
+			ELSE format('(lower(t.status) = %L AND t.id <> ALL (%L::text[]))', 'pending', coalesce(waiting, '{}')) END,
+		(SELECT array_agg(lower(c)) FROM unnest(channels) AS c));
 	-- how certctl's status index spells the due statuses (NULL: no index; then a walk of the keys)
 	spellings text[] := certctl_sched._status_spellings(s, 'notification_events',
 		CASE WHEN f.notification_retries THEN ARRAY['pending', 'failed'] ELSE ARRAY['pending'] END);
@@ -68,16 +71,15 @@ BEGIN
 	FROM certctl_sched._claim_windows(s, 'notification_events', format($q$
 		SELECT array_agg(b.id ORDER BY b.id), NULL::text[]
 		FROM (
-			SELECT n.id
-			FROM %1$I.notification_events n
+			SELECT t.id
+			FROM %1$I.notification_events t
 			WHERE %2$s
-				AND lower(n.channel) = ANY (%3$L::text[])
-				AND n.id > $3 AND n.id <= $4
-				AND ($5::text[] IS NULL OR n.id = ANY ($5::text[]))
-			ORDER BY n.id
+				AND t.id > $3 AND t.id <= $4
+				AND ($5::text[] IS NULL OR t.id = ANY ($5::text[]))
+			ORDER BY t.id
 			LIMIT $2
-			FOR UPDATE OF n SKIP LOCKED
-		) b$q$, s, due, (SELECT array_agg(lower(c)) FROM unnest(channels) AS c)), now, batch_size, after, spellings) w;
+			FOR UPDATE OF t SKIP LOCKED
+		) b$q$, s, due), now, batch_size, after, spellings, due) w;
 	claimed := coalesce(cardinality(ids), 0);
 	last_key := ids[claimed];
 	IF claimed = 0 THEN

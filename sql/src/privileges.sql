@@ -42,7 +42,7 @@ GRANT EXECUTE ON FUNCTION certctl_sched._check_args(timestamptz, integer, text[]
 GRANT EXECUTE ON FUNCTION certctl_sched._alert_thresholds(jsonb) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._key_window(text, text, text, integer) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._status_spellings(text, text, text[]) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION certctl_sched._claim_windows(text, text, text, timestamptz, integer, text, text[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION certctl_sched._claim_windows(text, text, text, timestamptz, integer, text, text[], text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._renewal_batch(timestamptz, integer, text, interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._job_processor_batch(timestamptz, integer, text, interval) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION certctl_sched._agent_health_batch(timestamptz, integer, text, interval) TO PUBLIC;

@@ -40,7 +40,7 @@ BEGIN
 			ORDER BY c.id
 			LIMIT $2
 			FOR NO KEY UPDATE OF c SKIP LOCKED
-		) b$q$, s), now, batch_size, after, NULL) w;
+		) b$q$, s), now, batch_size, after, NULL, NULL) w;
 	claimed := coalesce(cardinality(claimed_ids), 0);
 	last_key := claimed_ids[claimed];
 	acted := 0;

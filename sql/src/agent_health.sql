@@ -16,7 +16,9 @@ SET search_path = pg_catalog, pg_temp
 AS $body$
 DECLARE
 	s text := certctl_sched._check_args(now, batch_size, ARRAY['agents']);
-	not_retired text := '';
+	-- certctl's migration 000015 adds agents.retired_at; older schemas have no retired agents
+	not_retired text := CASE WHEN (certctl_sched._certctl_features(s)).agent_retired
+		THEN 'AND a.retired_at IS NULL' ELSE '' END;
 	claimed_ids text[];
 BEGIN
 	skipped := 0;
@@ -25,13 +27,6 @@ BEGIN
 		RAISE EXCEPTION 'threshold must be a positive interval'
 			USING ERRCODE = 'invalid_parameter_value',
 				DETAIL = format('threshold is %s.', threshold);
-	END IF;
-
-	-- certctl's migration 000015 adds agents.retired_at; older schemas have no retired agents
-	IF EXISTS (SELECT FROM pg_catalog.pg_attribute
-			   WHERE attrelid = format('%I.agents', s)::regclass
-				   AND attname = 'retired_at' AND attnum > 0 AND NOT attisdropped) THEN
-		not_retired := 'AND a.retired_at IS NULL';
 	END IF;
 
 	-- 1. claim a batch of stale online agents

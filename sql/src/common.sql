@@ -190,22 +190,22 @@ BEGIN
 	IF spellings IS NOT NULL THEN
 		candidates_of := format('FROM %I.%I t WHERE t.status::text = ANY ($2) AND (%s)', certctl_schema, tbl,
 			coalesce(candidate, 'true'));
-		n := most + 1;
 		IF after IS NOT NULL THEN
 			EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM %I.%I t WHERE t.status::text = ANY ($1)',
 				certctl_schema, tbl) INTO plan USING spellings;
 		END IF;
 		IF after IS NULL OR (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8 <= most THEN
-			EXECUTE format('SELECT count(*) FROM (SELECT %s LIMIT $3) c', candidates_of) INTO n
-			USING now, spellings, most + 1;
-		END IF;
-		IF n <= most THEN
-			EXECUTE format('SELECT array_agg(t.id ORDER BY t.id) %s AND t.id > $3', candidates_of) INTO candidates
-			USING now, spellings, lo;
-			IF candidates IS NOT NULL THEN
-				EXECUTE claim INTO ids, info USING now, batch_size, lo, candidates[cardinality(candidates)], candidates;
+			-- the candidates, up to one more than the limit; if not more, the keys after `after` are all of them
+			EXECUTE format('SELECT count(*), array_agg(c.id ORDER BY c.id) FILTER (WHERE c.id > $3)
+				FROM (SELECT t.id %s LIMIT $4) c', candidates_of) INTO n, candidates
+			USING now, spellings, lo, most + 1;
+			IF n <= most THEN
+				IF candidates IS NOT NULL THEN
+					EXECUTE claim INTO ids, info
+					USING now, batch_size, lo, candidates[cardinality(candidates)], candidates;
+				END IF;
+				RETURN;
 			END IF;
-			RETURN;
 		END IF;
 	END IF;
 	LOOP
